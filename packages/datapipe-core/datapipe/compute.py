@@ -1,0 +1,312 @@
+"""Pipelines: the catalog of tables, the declared steps, and the runner that executes them."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from datapipe.datatable import DataStore, DataTable
+from datapipe.executor import Executor, ExecutorConfig
+from datapipe.run_callback import CompositeRunCallback, RunCallback
+from datapipe.run_config import RunConfig
+from datapipe.store.table_store import TableStore
+from datapipe.types import ChangeList, IndexDF, InputSpec, Labels, OutputSpec, Required, TableOrName
+
+logger = logging.getLogger("datapipe.compute")
+
+
+@dataclass
+class Table:
+    """A table in a catalog: where its rows live (``store``) and, optionally, its name."""
+
+    store: TableStore
+    name: Optional[str] = None
+
+
+class Catalog:
+    """Named tables of a pipeline."""
+
+    def __init__(self, catalog: Dict[str, Table]) -> None:
+        self.catalog: Dict[str, Table] = {}
+        for name, table in catalog.items():
+            self.add_datatable(name, table)
+
+    def add_datatable(self, name: str, table: Table) -> None:
+        if table.name is None:
+            table.name = name
+        self.catalog[name] = table
+
+    def remove_datatable(self, name: str) -> None:
+        del self.catalog[name]
+
+    def init_all_tables(self, ds: DataStore) -> None:
+        for name in self.catalog:
+            self.get_datatable(ds, name)
+
+    def get_datatable(self, ds: DataStore, name: str) -> DataTable:
+        if name not in self.catalog:
+            raise KeyError(f"table {name!r} is not in the catalog; known tables: {sorted(self.catalog)}")
+        return ds.get_or_create_table(name, self.catalog[name].store)
+
+    def resolve(self, ds: DataStore, table: TableOrName) -> DataTable:
+        """A step input/output (catalog name, ``Table`` or ORM class) as a ``DataTable``."""
+        if isinstance(table, str):
+            return self.get_datatable(ds, table)
+        if isinstance(table, Table):
+            if table.name is None:
+                raise ValueError(f"Table {table!r} has no name; give it one or put it in the catalog")
+            if table.name not in self.catalog:
+                self.add_datatable(table.name, table)
+            return ds.get_or_create_table(table.name, table.store)
+        if hasattr(table, "__table__"):
+            from datapipe.store.database import TableStoreDB
+
+            name = str(table.__table__.name)
+            if name not in self.catalog:
+                self.add_datatable(name, Table(TableStoreDB(ds.meta_dbconn, orm_table=table, create_table=True)))
+            return self.get_datatable(ds, name)
+        raise TypeError(f"cannot use {table!r} as a table: expected a name, a Table or an ORM class")
+
+
+@dataclass
+class ComputeInput:
+    """A step input: the table, how it joins (``"full"`` or ``"inner"``), and key renames."""
+
+    dt: DataTable
+    join_type: str = "full"
+    keys: Optional[Dict[str, str]] = None
+
+    @property
+    def name(self) -> str:
+        return self.dt.name
+
+    @property
+    def primary_keys(self) -> List[str]:
+        return self.dt.primary_keys
+
+
+@dataclass
+class ComputeOutput:
+    """A step output: the table and key renames (transform key -> table column)."""
+
+    dt: DataTable
+    keys: Optional[Dict[str, str]] = None
+
+    @property
+    def name(self) -> str:
+        return self.dt.name
+
+    @property
+    def primary_keys(self) -> List[str]:
+        return self.dt.primary_keys
+
+
+@dataclass
+class StepStatus:
+    name: str
+    total_idx_count: int
+    changed_idx_count: int
+
+
+class ComputeStep:
+    """A runnable step bound to a ``DataStore``. Subclasses implement ``run_full``."""
+
+    def __init__(
+        self,
+        name: str,
+        input_dts: Sequence[ComputeInput],
+        output_dts: Sequence[ComputeOutput],
+        labels: Optional[Labels] = None,
+        executor_config: Optional[ExecutorConfig] = None,
+    ) -> None:
+        self._name = name
+        self.input_dts = list(input_dts)
+        self.output_dts = list(output_dts)
+        self._labels = list(labels or [])
+        self.executor_config = executor_config
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def get_name(self) -> str:
+        return self._name
+
+    @property
+    def labels(self) -> Labels:
+        return self._labels
+
+    def get_labels(self) -> Labels:
+        return self._labels
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def get_status(self, ds: DataStore) -> StepStatus:
+        return StepStatus(name=self.name, total_idx_count=0, changed_idx_count=0)
+
+    def run_full(
+        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
+    ) -> None:
+        raise NotImplementedError
+
+    def run_changelist(
+        self,
+        ds: DataStore,
+        change_list: ChangeList,
+        run_config: Optional[RunConfig] = None,
+        executor: Optional[Executor] = None,
+    ) -> ChangeList:
+        """Process what ``change_list`` touches; by default a full run, reporting no changes."""
+        self.run_full(ds, run_config, executor)
+        return ChangeList()
+
+    def run_idx(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
+        raise NotImplementedError(f"{type(self).__name__} cannot run for given keys")
+
+    def reset_metadata(self, ds: DataStore) -> None:
+        """Forget what was processed, so the next run processes everything."""
+
+    def fill_metadata(self, ds: DataStore) -> None:
+        """Mark everything as processed without running the step."""
+
+
+class PipelineStep(ABC):
+    """A declared step; ``build_compute`` binds it to a ``DataStore`` and ``Catalog``."""
+
+    @abstractmethod
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
+        """Return the runnable steps this declaration expands to (usually one)."""
+
+
+@dataclass
+class Pipeline:
+    steps: List[PipelineStep] = field(default_factory=list)
+
+
+def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> List[ComputeStep]:
+    """Bind every pipeline step; raises ``ValueError`` on duplicate step names."""
+    steps: List[ComputeStep] = []
+    for step in pipeline.steps:
+        steps.extend(step.build_compute(ds, catalog))
+    seen: Dict[str, int] = {}
+    for step in steps:
+        seen[step.name] = seen.get(step.name, 0) + 1
+    dups = sorted(n for n, c in seen.items() if c > 1)
+    if dups:
+        raise ValueError(f"duplicate step names {dups}: give the steps distinct name= arguments")
+    return steps
+
+
+class DatapipeApp:
+    """What the CLI loads: a data store, a catalog, a pipeline, and the bound steps."""
+
+    def __init__(self, ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> None:
+        self.ds = ds
+        self.catalog = catalog
+        self.pipeline = pipeline
+        self.steps = build_compute(ds, catalog, pipeline)
+
+
+def _callback(run_config: Optional[RunConfig]) -> RunCallback:
+    if run_config is not None and run_config.callback is not None:
+        return run_config.callback
+    return CompositeRunCallback([])
+
+
+def run_steps(
+    ds: DataStore,
+    steps: Sequence[ComputeStep],
+    run_config: Optional[RunConfig] = None,
+    executor: Optional[Executor] = None,
+) -> None:
+    """Run every step in order, each processing only what changed."""
+    cb = _callback(run_config)
+    cb.on_run_start(steps)
+    try:
+        for step in steps:
+            logger.info("running step %s", step.name)
+            step.run_full(ds, run_config=run_config, executor=executor)
+    except BaseException as e:
+        cb.on_run_error(e)
+        raise
+    cb.on_run_success()
+
+
+def run_pipeline(
+    ds: DataStore, catalog: Catalog, pipeline: Pipeline, run_config: Optional[RunConfig] = None
+) -> None:
+    run_steps(ds, build_compute(ds, catalog, pipeline), run_config)
+
+
+def run_steps_changelist(
+    ds: DataStore,
+    steps: Sequence[ComputeStep],
+    changelist: ChangeList,
+    run_config: Optional[RunConfig] = None,
+    executor: Optional[Executor] = None,
+) -> ChangeList:
+    """Run steps only for the keys in ``changelist``, following the changes downstream.
+
+    Returns every change made, the initial ones included.
+    """
+    current = ChangeList()
+    current.extend(changelist)
+    cb = _callback(run_config)
+    cb.on_run_start(steps)
+    try:
+        for step in steps:
+            produced = step.run_changelist(ds, current, run_config=run_config, executor=executor)
+            current.extend(produced)
+    except BaseException as e:
+        cb.on_run_error(e)
+        raise
+    cb.on_run_success()
+    return current
+
+
+def run_changelist(
+    ds: DataStore,
+    catalog: Catalog,
+    pipeline: Pipeline,
+    changelist: ChangeList,
+    run_config: Optional[RunConfig] = None,
+) -> ChangeList:
+    return run_steps_changelist(ds, build_compute(ds, catalog, pipeline), changelist, run_config)
+
+
+def resolve_inputs(ds: DataStore, catalog: Catalog, inputs: Iterable[Any]) -> List[ComputeInput]:
+    result = []
+    for inp in inputs:
+        if isinstance(inp, InputSpec):
+            join = "inner" if isinstance(inp, Required) else "full"
+            result.append(ComputeInput(catalog.resolve(ds, inp.table), join, inp.keys))
+        else:
+            result.append(ComputeInput(catalog.resolve(ds, inp)))
+    return result
+
+
+def resolve_outputs(ds: DataStore, catalog: Catalog, outputs: Iterable[Any]) -> List[ComputeOutput]:
+    result = []
+    for out in outputs:
+        if isinstance(out, OutputSpec):
+            result.append(ComputeOutput(catalog.resolve(ds, out.table), out.keys))
+        else:
+            result.append(ComputeOutput(catalog.resolve(ds, out)))
+    return result
+
+
+def step_name(func: Any, kind: str, inputs: Sequence[Any], outputs: Sequence[Any]) -> str:
+    """``<func name>_<8 hex>``: stable across runs for the same kind and tables."""
+    import hashlib
+
+    base = getattr(func, "__name__", type(func).__name__)
+    names = [c.name for c in inputs] + ["->"] + [c.name for c in outputs]
+    digest = hashlib.sha1("|".join([kind, *names]).encode()).hexdigest()[:8]
+    return f"{base}_{digest}"
+
+
+def labels_match(step: ComputeStep, labels: Sequence[Tuple[str, str]]) -> bool:
+    return all(label in step.labels for label in labels)

@@ -1,0 +1,216 @@
+"""Tables as Datapipe sees them: a ``TableStore`` for data plus a ``TableMeta`` for metadata."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, List, Optional, Tuple
+
+import pandas as pd
+
+from datapipe.meta.sql_meta import TableMeta
+from datapipe.run_config import RunConfig
+from datapipe.store.database import DBConn
+from datapipe.store.table_store import TableStore
+from datapipe.types import DataDF, IndexDF, MetadataDF, index_difference
+
+logger = logging.getLogger("datapipe.datatable")
+
+
+class DataTable:
+    """One table: its store, its metadata, and the write path that keeps the two in step."""
+
+    def __init__(self, name: str, meta_dbconn: DBConn, meta: TableMeta, table_store: TableStore) -> None:
+        self.name = name
+        self.meta_dbconn = meta_dbconn
+        self.meta = meta
+        self.table_store = table_store
+        self.primary_keys: List[str] = list(meta.primary_keys)
+        self.primary_schema = meta.primary_schema
+
+    def __repr__(self) -> str:
+        return f"DataTable({self.name!r}, {self.table_store.describe()})"
+
+    # ---------------------------------------------------------------- reads
+
+    def get_metadata(self, idx: Optional[IndexDF] = None) -> MetadataDF:
+        return self.meta.get_metadata(idx)
+
+    def get_data(self, idx: Optional[IndexDF] = None) -> DataDF:
+        """Rows for the keys in ``idx`` (every row when None)."""
+        return self.table_store.read_rows(idx)
+
+    def get_size(self) -> int:
+        """Number of live rows, from the metadata."""
+        return self.meta.get_size()
+
+    # ---------------------------------------------------------------- validation
+
+    def check_chunk(self, df: pd.DataFrame, context: Optional[str] = None) -> pd.DataFrame:
+        """Return ``df`` if it may be stored, else raise ``TypeError``/``ValueError`` saying why.
+
+        An empty frame without columns stands for "no rows" and comes back with the key columns.
+        """
+        where = context or f"table {self.name!r}"
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+        missing = [k for k in self.primary_keys if k not in df.columns]
+        if missing and len(df) == 0:
+            return pd.DataFrame(columns=self.primary_keys)
+        if missing:
+            raise ValueError(f"{where}: missing primary key column(s) {missing} (got columns {list(df.columns)})")
+        if len(df) == 0:
+            return df
+        null_keys = [k for k in self.primary_keys if df[k].isna().any()]
+        if null_keys:
+            raise ValueError(f"{where}: null values in primary key column(s) {null_keys}")
+        dup = df.duplicated(self.primary_keys, keep=False)
+        if dup.any():
+            sample = df.loc[dup, self.primary_keys].head(3).to_dict("records")
+            raise ValueError(f"{where}: {int(dup.sum())} rows have duplicate primary keys, e.g. {sample}")
+        return df
+
+    def _merge_existing(self, keys_and_hash: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+        try:
+            return keys_and_hash.merge(existing, on=self.primary_keys, how="left", suffixes=("", "_old"))
+        except ValueError as e:
+            dtypes = {k: str(keys_and_hash[k].dtype) for k in self.primary_keys}
+            stored = {k: str(existing[k].dtype) for k in self.primary_keys}
+            raise ValueError(
+                f"table {self.name!r}: key types {dtypes} do not match the stored key types {stored}: {e}"
+            ) from e
+
+    # ---------------------------------------------------------------- writes
+
+    def _write_rows(self, df: pd.DataFrame, now: float, write_store: bool = True) -> IndexDF:
+        """Write new/changed rows, confirm unchanged ones; return the keys that changed."""
+        keys = self.primary_keys
+        hashes = self.table_store.hash_rows(DataDF(df))
+        frame = df[keys].assign(hash=hashes.to_numpy())
+        existing = self.meta.lookup(IndexDF(df[keys]))
+        merged = self._merge_existing(frame, existing)
+        is_new = merged["create_ts"].isna()
+        is_changed = is_new | merged["delete_ts"].notna() | (merged["hash_old"] != merged["hash"])
+        changed_mask = is_changed.to_numpy()
+        if write_store and changed_mask.any():
+            self.table_store.insert_rows(DataDF(df.loc[changed_mask]))
+        changed = merged.loc[changed_mask]
+        meta_cols = [c for c in self.meta.meta_keys if c in df.columns]
+        new_meta = changed[keys].assign(
+            hash=changed["hash"],
+            create_ts=changed["create_ts"].where(changed["delete_ts"].isna() & changed["create_ts"].notna(), now),
+            update_ts=now,
+            process_ts=now,
+            delete_ts=None,
+        )
+        for c in meta_cols:
+            new_meta[c] = df.loc[changed_mask, c].to_numpy()
+        self.meta.upsert(new_meta)
+        self.meta.touch(IndexDF(merged.loc[~changed_mask, keys]), now)
+        return IndexDF(changed[keys].reset_index(drop=True))
+
+    def _delete_rows(self, idx: IndexDF, now: float, delete_store: bool = True) -> None:
+        if len(idx) == 0:
+            return
+        if delete_store:
+            self.table_store.delete_rows(idx)
+        self.meta.mark_deleted(idx, now)
+
+    def store_chunk_changes(
+        self,
+        data_df: pd.DataFrame,
+        processed_idx: Optional[IndexDF] = None,
+        now: Optional[float] = None,
+        write_store: bool = True,
+        context: Optional[str] = None,
+    ) -> Tuple[IndexDF, IndexDF]:
+        """``store_chunk`` returning ``(changed_idx, deleted_idx)``; ``write_store=False`` updates metadata only."""
+        now = time.time() if now is None else now
+        data_df = self.check_chunk(data_df, context)
+        with self.meta_dbconn.transaction():
+            changed = self._write_rows(data_df, now, write_store) if len(data_df) else IndexDF(data_df[self.primary_keys])
+            deleted = IndexDF(data_df[self.primary_keys].iloc[0:0])
+            if processed_idx is not None and len(processed_idx):
+                existing = self.meta.get_existing_idx(processed_idx)
+                deleted = index_difference(existing, IndexDF(data_df[self.primary_keys]))
+                self._delete_rows(deleted, now, write_store)
+        return changed, deleted
+
+    def store_chunk(
+        self,
+        data_df: DataDF,
+        processed_idx: Optional[IndexDF] = None,
+        now: Optional[float] = None,
+        run_config: Optional[RunConfig] = None,
+    ) -> IndexDF:
+        """Write ``data_df``; rows of ``processed_idx`` absent from it are deleted.
+
+        Unchanged rows are not rewritten. Returns the keys of new or changed rows.
+        Raises ``ValueError`` for missing or null key columns and duplicate keys.
+        """
+        changed, _ = self.store_chunk_changes(data_df, processed_idx, now)
+        return changed
+
+    def delete_by_idx(self, idx: IndexDF, now: Optional[float] = None, run_config: Optional[RunConfig] = None) -> None:
+        """Delete the live rows among ``idx`` from the store and tombstone them in the metadata."""
+        if len(idx) == 0:
+            return
+        now = time.time() if now is None else now
+        with self.meta_dbconn.transaction():
+            existing = self.meta.get_existing_idx(IndexDF(idx[self.primary_keys]))
+            self._delete_rows(existing, now)
+
+    def delete_stale_by_process_ts(
+        self,
+        process_ts: float,
+        now: Optional[float] = None,
+        run_config: Optional[RunConfig] = None,
+        delete_store: bool = True,
+    ) -> IndexDF:
+        """Delete live rows not written or confirmed since ``process_ts``; return their keys."""
+        now = time.time() if now is None else now
+        deleted: List[IndexDF] = []
+        for chunk in self.meta.iter_stale_idx(process_ts):
+            with self.meta_dbconn.transaction():
+                self._delete_rows(chunk, now, delete_store)
+            deleted.append(chunk)
+        if not deleted:
+            return IndexDF(pd.DataFrame(columns=self.primary_keys))
+        return IndexDF(pd.concat(deleted, ignore_index=True))
+
+    def reset_metadata(self) -> None:
+        """Mark every row as never confirmed (``process_ts = 0``)."""
+        self.meta.reset_process_ts()
+
+
+class DataStore:
+    """The registry of tables of a pipeline, sharing one metadata database."""
+
+    def __init__(self, meta_dbconn: DBConn, create_meta_table: bool = False) -> None:
+        self.meta_dbconn = meta_dbconn
+        self.create_meta_table = create_meta_table
+        self.tables: Dict[str, DataTable] = {}
+
+    def create_table(self, name: str, table_store: TableStore) -> DataTable:
+        if name in self.tables:
+            raise ValueError(f"table {name!r} already exists in this DataStore")
+        meta = TableMeta(
+            self.meta_dbconn,
+            name,
+            primary_schema=table_store.get_primary_schema(),
+            meta_schema=table_store.get_meta_schema(),
+            create_table=self.create_meta_table,
+        )
+        table = DataTable(name, self.meta_dbconn, meta, table_store)
+        self.tables[name] = table
+        return table
+
+    def get_or_create_table(self, name: str, table_store: TableStore) -> DataTable:
+        if name in self.tables:
+            return self.tables[name]
+        return self.create_table(name, table_store)
+
+    def get_table(self, name: str) -> DataTable:
+        if name not in self.tables:
+            raise KeyError(f"table {name!r} is not known; known tables: {sorted(self.tables)}")
+        return self.tables[name]

@@ -1,0 +1,193 @@
+"""Which transform keys a step must process: the change query.
+
+See the module docstring of ``datapipe.meta.sql_meta`` for the watermark scheme. For each
+input ``i`` the query takes the input's changed metadata rows (by ``update_ts`` window, or
+by key for change lists), maps them to transform keys, and, when the input holds only some
+of the transform keys, expands them with the live keys of the inputs that hold the rest and
+with keys the step processed before (so deletions reach old outputs). Keys the step already
+processed after the change are dropped; keys whose last attempt failed are added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import pandas as pd
+from sqlalchemy import and_, exists, false, literal, or_, select, true, union_all
+from sqlalchemy.sql import Select
+
+from datapipe.meta.sql_meta import TableMeta, TransformMeta, filter_clause
+from datapipe.store.database import key_chunks, key_filter, rows_to_df
+
+
+@dataclass
+class InputKeys:
+    """One input as the change query sees it."""
+
+    name: str
+    meta: TableMeta
+    columns: Dict[str, str]  # transform key -> column of the input's metadata table
+    required: bool = False
+
+
+WhereFn = Callable[[Any], Any]  # metadata-table alias -> WHERE clause selecting changed rows
+
+
+def input_key_columns(meta: TableMeta, transform_keys: Sequence[str], renames: Optional[Dict[str, str]]) -> Dict[str, str]:
+    """Transform keys available in an input, mapped to its metadata columns."""
+    renames = renames or {}
+    available = set(meta.primary_keys) | set(meta.meta_keys)
+    result = {}
+    for tk in transform_keys:
+        col = renames.get(tk, tk)
+        if col in available:
+            result[tk] = col
+    return result
+
+
+class ChangeQuery:
+    """Builds and runs the change query for one step."""
+
+    def __init__(self, tr: TransformMeta, transform_keys: List[str], inputs: List[InputKeys]) -> None:
+        self.tr = tr
+        self.keys = transform_keys
+        self.inputs = inputs
+        for inp in inputs:
+            self._expansion_sources(inp)  # fail at build time when a key cannot be derived
+
+    def _expansion_sources(self, inp: InputKeys) -> List[InputKeys]:
+        provided = set(inp.columns)
+        sources = []
+        for other in self.inputs:
+            if other is inp or not (set(other.columns) - provided):
+                continue
+            sources.append(other)
+            provided |= set(other.columns)
+        missing = [k for k in self.keys if k not in provided]
+        if missing:
+            raise ValueError(
+                f"step {self.tr.name!r}: transform key(s) {missing} are not provided by any input; "
+                "pass transform_keys= or map keys with InputSpec(keys=...)"
+            )
+        return sources
+
+    def _live_keys(self, inp: InputKeys, alias: str) -> Any:
+        m = inp.meta.sql_table.alias(alias)
+        cols = [m.c[col].label(tk) for tk, col in inp.columns.items()]
+        return select(*cols).where(m.c.delete_ts.is_(None)).distinct().subquery(alias + "_k")
+
+    def _input_parts(self, n: int, inp: InputKeys, where: WhereFn) -> List[Select[Any]]:
+        m = inp.meta.sql_table.alias(f"i{n}")
+        base = (
+            select(*[m.c[col].label(tk) for tk, col in inp.columns.items()], m.c.update_ts.label("u"))
+            .where(where(m))
+            .subquery(f"c{n}")
+        )
+        if len(inp.columns) == len(self.keys):
+            return [select(*[base.c[k] for k in self.keys], base.c.u)]
+        cols = {k: base.c[k] for k in inp.columns}
+        joined: Any = base
+        for s, src in enumerate(self._expansion_sources(inp)):
+            live = self._live_keys(src, f"e{n}_{s}")
+            on = [live.c[k] == cols[k] for k in src.columns if k in cols]
+            joined = joined.join(live, and_(*on) if on else true())
+            for k in src.columns:
+                cols.setdefault(k, live.c[k])
+        expanded = select(*[cols[k].label(k) for k in self.keys], base.c.u).select_from(joined)
+        t = self.tr.sql_table.alias(f"p{n}")
+        on_prev = [t.c[k] == base.c[k] for k in inp.columns]
+        previous = select(*[t.c[k].label(k) for k in self.keys], base.c.u).select_from(
+            base.join(t, and_(*on_prev) if on_prev else true())
+        )
+        return [expanded, previous]
+
+    def build(
+        self,
+        wheres: Dict[int, WhereFn],
+        filters: Sequence[Dict[str, Any]] = (),
+        only_unprocessed: bool = True,
+        include_failed: bool = True,
+        order_by: Optional[List[str]] = None,
+        descending: bool = False,
+    ) -> Optional[Select[Any]]:
+        """The query returning distinct transform keys to process; None when nothing can change."""
+        parts: List[Select[Any]] = []
+        for n, inp in enumerate(self.inputs):
+            if n in wheres:
+                parts.extend(self._input_parts(n, inp, wheres[n]))
+        tr = self.tr.sql_table
+        selects: List[Select[Any]] = []
+        if parts:
+            cand = union_all(*parts).subquery("cand")
+            t = tr.alias("t")
+            q = select(*[cand.c[k] for k in self.keys]).select_from(
+                cand.outerjoin(t, and_(*[t.c[k] == cand.c[k] for k in self.keys]))
+            )
+            if only_unprocessed:
+                q = q.where(or_(t.c.process_ts.is_(None), t.c.process_ts < cand.c.u))
+            selects.append(q)
+        if include_failed:
+            selects.append(select(*[tr.c[k] for k in self.keys]).where(tr.c.is_success == false()))
+        if not selects:
+            return None
+        allc = (union_all(*selects) if len(selects) > 1 else selects[0]).subquery("allc")
+        q = select(*[allc.c[k] for k in self.keys]).distinct()
+        for inp in self.inputs:
+            if inp.required:
+                q = q.where(self._required_clause(inp, allc))
+        if filters:
+            clause = filter_clause({k: allc.c[k] for k in self.keys}, filters)
+            if clause is not None:
+                q = q.where(clause)
+        order_cols = [allc.c[k] for k in (order_by or self.keys)]
+        return q.order_by(*[c.desc() if descending else c.asc() for c in order_cols])
+
+    def _required_clause(self, inp: InputKeys, allc: Any) -> Any:
+        """Keys present in a ``Required`` input, or processed before (their outputs may need deleting)."""
+        m = inp.meta.sql_table.alias(f"r_{inp.name}")
+        present = exists().where(
+            and_(m.c.delete_ts.is_(None), *[m.c[col] == allc.c[tk] for tk, col in inp.columns.items()])
+        )
+        t = self.tr.sql_table.alias(f"rt_{inp.name}")
+        processed = exists().where(and_(*[t.c[k] == allc.c[k] for k in self.keys]))
+        return or_(present, processed)
+
+    def fetch(self, query: Optional[Select[Any]]) -> pd.DataFrame:
+        if query is None:
+            return rows_to_df([], self.keys)
+        with self.tr.dbconn.begin() as con:
+            return rows_to_df(con.execute(query).fetchall(), self.keys)
+
+    # ------------------------------------------------------------ the two ways of finding changes
+
+    def window_wheres(self, low: Dict[str, float], high: Dict[str, Optional[float]]) -> Dict[int, WhereFn]:
+        """Changed rows by ``update_ts`` window ``(low, high]`` per input name."""
+        wheres: Dict[int, WhereFn] = {}
+        for n, inp in enumerate(self.inputs):
+            hi = high.get(inp.name)
+            if hi is None:
+                continue
+            lo = low.get(inp.name)
+
+            def where(m: Any, lo: Optional[float] = lo, hi: float = hi) -> Any:
+                clause = m.c.update_ts <= hi
+                return clause if lo is None else and_(m.c.update_ts > lo, clause)
+
+            wheres[n] = where
+        return wheres
+
+    def changelist_wheres(self, changes: Dict[str, pd.DataFrame]) -> Dict[int, WhereFn]:
+        """Changed rows given by key, per input name."""
+        wheres: Dict[int, WhereFn] = {}
+        for n, inp in enumerate(self.inputs):
+            idx = changes.get(inp.name)
+            if idx is None or len(idx) == 0:
+                continue
+            keys = idx[[k for k in inp.meta.primary_keys if k in idx.columns]].drop_duplicates()
+
+            def where(m: Any, keys: pd.DataFrame = keys) -> Any:
+                return or_(*[key_filter(m, chunk) for chunk in key_chunks(keys)]) if len(keys) else literal(False)
+
+            wheres[n] = where
+        return wheres

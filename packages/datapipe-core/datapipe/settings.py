@@ -1,0 +1,25 @@
+"""Process-wide settings, read from the environment once at import."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    # Re-raise the first error in a step function instead of recording it and going on.
+    fail_fast: bool = _env_bool("DATAPIPE_FAIL_FAST")
+    # Seconds subtracted from a change watermark; raise it when several processes write
+    # the same input table at once (see datapipe/meta/sql_meta.py, "Change detection").
+    watermark_lag: float = float(os.environ.get("DATAPIPE_WATERMARK_LAG", "0"))
+
+
+settings = Settings()

@@ -1,0 +1,113 @@
+"""BatchGenerate: fill tables from a generator function, deleting what it no longer yields."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import pandas as pd
+
+from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs, step_name
+from datapipe.datatable import DataStore, DataTable
+from datapipe.executor import Executor
+from datapipe.run_config import RunConfig
+from datapipe.types import ChangeList, Labels, TransformResult
+
+logger = logging.getLogger("datapipe.step.batch_generate")
+
+GenerateFunc = Callable[..., Iterator[TransformResult]]
+
+
+def do_batch_generate(
+    func: GenerateFunc,
+    ds: DataStore,
+    output_dts: List[DataTable],
+    run_config: Optional[RunConfig] = None,
+    delete_stale: bool = True,
+    kwargs: Optional[Dict[str, Any]] = None,
+) -> ChangeList:
+    """Store every chunk ``func(**kwargs)`` yields; then delete rows it did not yield this time.
+
+    Stale rows are deleted only when the generator finished: an error keeps every row.
+    """
+    started = time.time()
+    changes = ChangeList()
+    try:
+        for n, chunk in enumerate(func(**(kwargs or {})), start=1):
+            frames = [chunk] if isinstance(chunk, pd.DataFrame) else list(chunk)
+            if len(frames) != len(output_dts):
+                raise ValueError(
+                    f"generator {getattr(func, '__name__', func)!r} yielded {len(frames)} DataFrame(s) "
+                    f"for {len(output_dts)} output(s) {[dt.name for dt in output_dts]} (chunk {n})"
+                )
+            for frame, dt in zip(frames, output_dts):
+                changed, _ = dt.store_chunk_changes(frame, now=time.time(), context=f"generator chunk {n} for table {dt.name!r}")
+                changes.append(dt.name, changed)
+    except Exception:
+        logger.exception("generator %s failed; stale rows are kept", getattr(func, "__name__", func))
+        raise
+    if delete_stale:
+        for dt in output_dts:
+            changes.append(dt.name, dt.delete_stale_by_process_ts(started))
+    return changes
+
+
+class BatchGenerateStep(ComputeStep):
+    def __init__(
+        self,
+        name: str,
+        func: GenerateFunc,
+        output_dts: List[ComputeOutput],
+        kwargs: Optional[Dict[str, Any]] = None,
+        labels: Optional[Labels] = None,
+        delete_stale: bool = True,
+    ) -> None:
+        super().__init__(name, [], output_dts, labels)
+        self.func = func
+        self.kwargs = kwargs
+        self.delete_stale = delete_stale
+
+    def run_full(
+        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
+    ) -> None:
+        callback = run_config.callback if run_config else None
+        if callback is not None:
+            callback.on_step_start(self, 0)
+        try:
+            do_batch_generate(
+                self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs
+            )
+        except Exception as e:
+            if callback is not None:
+                callback.on_step_error(self, e)
+            raise
+        if callback is not None:
+            callback.on_step_success(self)
+
+    def run_changelist(
+        self,
+        ds: DataStore,
+        change_list: ChangeList,
+        run_config: Optional[RunConfig] = None,
+        executor: Optional[Executor] = None,
+    ) -> ChangeList:
+        return ChangeList()  # a generator has no inputs, so a change list never concerns it
+
+
+@dataclass
+class BatchGenerate(PipelineStep):
+    """Declare a step that regenerates ``outputs`` from ``func`` on every run."""
+
+    func: GenerateFunc
+    outputs: List[Any]
+    name: Optional[str] = None
+    kwargs: Optional[Dict[str, Any]] = None
+    labels: Optional[Labels] = None
+    delete_stale: bool = True
+
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
+        outputs = resolve_outputs(ds, catalog, self.outputs)
+        name = self.name or step_name(self.func, "BatchGenerate", [], outputs)
+        return [BatchGenerateStep(name, self.func, outputs, self.kwargs, self.labels, self.delete_stale)]

@@ -1,0 +1,523 @@
+"""BatchTransform: call a function on batches of changed keys and keep its outputs in sync.
+
+The unit of work is a *transform key* (by default the primary-key columns shared by the
+inputs and the outputs). A run asks the change query (``datapipe.meta.changes``) which keys
+need processing, cuts them into batches of ``chunk_size``, and for each batch
+
+1. reads the input rows of those keys,
+2. calls the function,
+3. in one metadata transaction: writes the outputs (rows the function no longer returns for
+   these keys are deleted) and records the keys as processed.
+
+A failing batch is recorded (``is_success=False`` with the error text) and retried next run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import pandas as pd
+from sqlalchemy import Column
+
+from datapipe.compute import (
+    Catalog,
+    ComputeInput,
+    ComputeOutput,
+    ComputeStep,
+    PipelineStep,
+    StepStatus,
+    resolve_inputs,
+    resolve_outputs,
+    step_name,
+)
+from datapipe.datatable import DataStore
+from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
+from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
+from datapipe.meta.sql_meta import TransformMeta
+from datapipe.run_config import LabelDict, RunConfig
+from datapipe.settings import settings
+from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
+
+logger = logging.getLogger("datapipe.step.batch_transform")
+
+Filters = Union[LabelDict, List[LabelDict], pd.DataFrame, Callable[[], Any], None]
+INJECTABLE = ("idx", "ds", "run_config")
+
+
+def _unique(items: Sequence[str]) -> List[str]:
+    return list(dict.fromkeys(items))
+
+
+def _transform_space(columns: Sequence[Column], renames: Optional[Dict[str, str]]) -> List[Tuple[str, Column]]:
+    inverse = {col: tk for tk, col in (renames or {}).items()}
+    return [(inverse.get(str(c.name), str(c.name)), c) for c in columns]
+
+
+def compute_transform_schema(
+    name: str,
+    inputs: Sequence[ComputeInput],
+    outputs: Sequence[ComputeOutput],
+    transform_keys: Optional[List[str]],
+) -> DataSchema:
+    """Transform keys (with column types) of a step; see the module docstring."""
+    in_cols = [kv for ci in inputs for kv in _transform_space(ci.dt.primary_schema, ci.keys)]
+    out_cols = [kv for co in outputs for kv in _transform_space(co.dt.primary_schema, co.keys)]
+    meta_cols = [kv for ci in inputs for kv in _transform_space(ci.dt.meta.meta_schema, ci.keys)]
+    if transform_keys is None:
+        out_names = {k for k, _ in out_cols}
+        keys = _unique([k for k, _ in in_cols if k in out_names])
+        if not keys:
+            raise ValueError(
+                f"step {name!r}: inputs {[c.name for c in inputs]} and outputs {[c.name for c in outputs]} "
+                "share no primary key column; pass transform_keys="
+            )
+    else:
+        keys = list(transform_keys)
+    types = {}
+    for k, col in [*in_cols, *meta_cols, *out_cols]:
+        types.setdefault(k, col.type)
+    unknown = [k for k in keys if k not in types]
+    if unknown:
+        raise ValueError(f"step {name!r}: transform key(s) {unknown} are not columns of any input or output")
+    return [Column(k, types[k], primary_key=True) for k in keys]
+
+
+def normalise_filters(filters: Filters) -> List[LabelDict]:
+    if filters is None:
+        return []
+    if callable(filters):
+        filters = filters()
+    if isinstance(filters, pd.DataFrame):
+        return filters.to_dict("records")
+    if isinstance(filters, dict):
+        return [filters] if filters else []
+    return list(filters)  # type: ignore[arg-type]
+
+
+class StepMeta(TransformMeta):
+    """The step's processing state; also answers how many keys are pending."""
+
+    step: "BaseBatchTransformStep"
+
+    def get_changed_idx_count(self, ds: DataStore, run_config: Optional[RunConfig] = None) -> int:
+        return len(self.step.get_changed_idx(ds, run_config)[0])
+
+
+class BaseBatchTransformStep(ComputeStep):
+    """Change detection, batching and result storage shared by the batch steps.
+
+    Subclasses implement ``compute_batch``: given a batch of keys, return one DataFrame per output.
+    """
+
+    def __init__(
+        self,
+        ds: DataStore,
+        name: str,
+        input_dts: Sequence[ComputeInput],
+        output_dts: Sequence[ComputeOutput],
+        transform_keys: Optional[List[str]] = None,
+        chunk_size: int = 1000,
+        labels: Optional[Labels] = None,
+        executor_config: Optional[ExecutorConfig] = None,
+        filters: Filters = None,
+        order_by: Optional[List[str]] = None,
+        order: str = "asc",
+    ) -> None:
+        super().__init__(name, input_dts, output_dts, labels, executor_config)
+        if chunk_size < 1:
+            raise ValueError(f"step {name!r}: chunk_size must be positive, got {chunk_size}")
+        if order not in ("asc", "desc"):
+            raise ValueError(f"step {name!r}: order must be 'asc' or 'desc', got {order!r}")
+        self.chunk_size = chunk_size
+        self.filters = filters
+        self.order_by = order_by
+        self.order = order
+        self.transform_schema = compute_transform_schema(name, self.input_dts, self.output_dts, transform_keys)
+        self.transform_keys = [str(c.name) for c in self.transform_schema]
+        if order_by:
+            bad = [c for c in order_by if c not in self.transform_keys]
+            if bad:
+                raise ValueError(f"step {name!r}: order_by {bad} are not transform keys {self.transform_keys}")
+        self.meta = StepMeta(ds.meta_dbconn, name, self.transform_schema, create_table=ds.create_meta_table)
+        self.meta.step = self
+        self.input_columns = [input_key_columns(ci.dt.meta, self.transform_keys, ci.keys) for ci in self.input_dts]
+        self.changes = ChangeQuery(
+            self.meta,
+            self.transform_keys,
+            [
+                InputKeys(ci.name, ci.dt.meta, cols, ci.join_type == "inner")
+                for ci, cols in zip(self.input_dts, self.input_columns)
+            ],
+        )
+
+    # ------------------------------------------------------------------ which keys
+
+    def _filters(self, run_config: Optional[RunConfig]) -> List[LabelDict]:
+        result = normalise_filters(self.filters)
+        if run_config is not None and run_config.filters:
+            run_filters = normalise_filters(run_config.filters)
+            result = [{**a, **b} for a in (result or [{}]) for b in run_filters]
+        return result
+
+    def _can_advance_watermark(self, run_config: Optional[RunConfig]) -> bool:
+        return not callable(self.filters) and not (run_config is not None and run_config.filters)
+
+    def get_changed_idx(
+        self, ds: DataStore, run_config: Optional[RunConfig] = None
+    ) -> Tuple[pd.DataFrame, Dict[str, Optional[float]]]:
+        """Keys needing processing, and the input watermarks to store once they are processed."""
+        low = self.meta.get_watermarks()
+        high = {ci.name: ci.dt.meta.max_update_ts() for ci in self.input_dts}
+        query = self.changes.build(
+            self.changes.window_wheres(low, high),
+            filters=self._filters(run_config),
+            order_by=self.order_by,
+            descending=self.order == "desc",
+        )
+        return self.changes.fetch(query), high
+
+    def _batches(self, idx: pd.DataFrame, chunk_size: Optional[int] = None) -> Tuple[int, Iterator[IndexDF]]:
+        size = chunk_size or self.chunk_size
+        count = math.ceil(len(idx) / size)
+        return count, (IndexDF(idx.iloc[i : i + size].reset_index(drop=True)) for i in range(0, len(idx), size))
+
+    def get_full_process_ids(
+        self, ds: DataStore, chunk_size: Optional[int] = None, run_config: Optional[RunConfig] = None
+    ) -> Tuple[int, Iterator[IndexDF]]:
+        return self._batches(self.get_changed_idx(ds, run_config)[0], chunk_size)
+
+    def get_change_list_process_ids(
+        self, ds: DataStore, change_list: ChangeList, run_config: Optional[RunConfig] = None
+    ) -> Tuple[int, Iterator[IndexDF]]:
+        wheres = self.changes.changelist_wheres(change_list.changes)
+        query = None
+        if wheres:
+            query = self.changes.build(
+                wheres,
+                filters=self._filters(run_config),
+                only_unprocessed=False,
+                include_failed=False,
+                order_by=self.order_by,
+                descending=self.order == "desc",
+            )
+        return self._batches(self.changes.fetch(query))
+
+    def get_status(self, ds: DataStore) -> StepStatus:
+        counts = self.meta.get_counts()
+        return StepStatus(
+            name=self.name,
+            total_idx_count=counts["processed"],
+            changed_idx_count=self.meta.get_changed_idx_count(ds),
+        )
+
+    # ------------------------------------------------------------------ running
+
+    def _execute(
+        self,
+        ds: DataStore,
+        count: int,
+        batches: Iterator[IndexDF],
+        run_config: RunConfig,
+        executor: Optional[Executor],
+    ) -> ChangeList:
+        callback = run_config.callback
+        if callback is not None:
+            callback.on_step_start(self, count)
+        executor = executor or SingleThreadExecutor()
+        changes = executor.run_process_batch(
+            self, ds, count, batches, self.process_batch, run_config, self.executor_config
+        )
+        if callback is not None:
+            callback.on_step_success(self)
+        return changes
+
+    def run_full(
+        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
+    ) -> None:
+        run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
+        idx, high = self.get_changed_idx(ds, run_config)
+        count, batches = self._batches(idx)
+        logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
+        self._execute(ds, count, batches, run_config, executor)
+        if self._can_advance_watermark(run_config):
+            self.meta.set_watermarks(
+                {k: (v - settings.watermark_lag if v is not None else None) for k, v in high.items()}
+            )
+
+    def run_changelist(
+        self,
+        ds: DataStore,
+        change_list: ChangeList,
+        run_config: Optional[RunConfig] = None,
+        executor: Optional[Executor] = None,
+    ) -> ChangeList:
+        run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
+        count, batches = self.get_change_list_process_ids(ds, change_list, run_config)
+        return self._execute(ds, count, batches, run_config, executor)
+
+    def run_idx(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
+        return self.process_batch(ds, idx, run_config)
+
+    def reset_metadata(self, ds: DataStore) -> None:
+        self.meta.reset()
+
+    def fill_metadata(self, ds: DataStore) -> None:
+        idx, high = self.get_changed_idx(ds)
+        self.meta.mark_success(IndexDF(idx), time.time())
+        self.meta.set_watermarks(high)
+
+    # ------------------------------------------------------------------ one batch
+
+    def process_batch(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
+        """Process one batch of keys; record a failure instead of raising (unless fail_fast)."""
+        run_config = run_config or RunConfig()
+        started = time.time()  # taken before reading, so later input changes stay newer
+        try:
+            frames = self.compute_batch(ds, idx, run_config)
+            return self.store_batch_result(ds, idx, frames, started)
+        except Exception as e:  # noqa: BLE001 - any error in user code fails only this batch
+            return self._record_failure(idx, e, run_config)
+
+    def _record_failure(self, idx: IndexDF, error: Exception, run_config: RunConfig) -> ChangeList:
+        text = f"{type(error).__name__}: {error}"
+        logger.error("step %s: batch of %d keys failed: %s", self.name, len(idx), text)
+        self.meta.mark_failed(idx, time.time(), text)
+        if run_config.callback is not None:
+            run_config.callback.on_step_error(self, error)
+        if run_config.fail_fast:
+            raise error
+        return ChangeList()
+
+    def compute_batch(self, ds: DataStore, idx: IndexDF, run_config: RunConfig) -> List[pd.DataFrame]:
+        raise NotImplementedError
+
+    def normalise_result(self, result: Any) -> List[pd.DataFrame]:
+        """The function's return value as one DataFrame per output, or a clear error."""
+        n = len(self.output_dts)
+        names = [co.name for co in self.output_dts]
+        if isinstance(result, pd.DataFrame):
+            frames = [result]
+        elif isinstance(result, (list, tuple)):
+            frames = list(result)
+        elif result is None and n == 0:
+            frames = []
+        else:
+            raise TypeError(
+                f"step {self.name!r}: the function returned {type(result).__name__}, "
+                f"expected {'a DataFrame' if n == 1 else f'a tuple of {n} DataFrames'} for outputs {names}"
+            )
+        if len(frames) != n:
+            raise ValueError(
+                f"step {self.name!r}: the function returned {len(frames)} DataFrame(s) for {n} output(s) {names}"
+            )
+        for frame, co in zip(frames, self.output_dts):
+            if not isinstance(frame, pd.DataFrame):
+                raise TypeError(
+                    f"step {self.name!r}: result for output table {co.name!r} is {type(frame).__name__}, "
+                    "not a DataFrame"
+                )
+        return frames
+
+    def _output_idx(self, co: ComputeOutput, idx: IndexDF) -> Optional[IndexDF]:
+        renames = co.keys or {}
+        cols = {tk: renames.get(tk, tk) for tk in self.transform_keys if renames.get(tk, tk) in co.primary_keys}
+        if not cols:
+            return None
+        return IndexDF(idx[list(cols)].drop_duplicates().rename(columns=cols))
+
+    def store_batch_result(
+        self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], started: float
+    ) -> ChangeList:
+        changes = ChangeList()
+        with ds.meta_dbconn.transaction():
+            for frame, co in zip(frames, self.output_dts):
+                changed, deleted = co.dt.store_chunk_changes(
+                    frame,
+                    self._output_idx(co, idx),
+                    now=time.time(),
+                    context=f"step {self.name!r}, result for table {co.name!r}",
+                )
+                changes.append(co.name, changed)
+                changes.append(co.name, deleted)
+            self.meta.mark_success(idx, started)
+        return changes
+
+    # ------------------------------------------------------------------ reading inputs
+
+    def _input_idx(self, n: int, idx: pd.DataFrame) -> pd.DataFrame:
+        cols = self.input_columns[n]
+        return idx[list(cols)].drop_duplicates().rename(columns=cols)
+
+    def live_idx(self, idx: IndexDF) -> IndexDF:
+        """The batch keys that every ``Required`` input has a row for."""
+        for n, ci in enumerate(self.input_dts):
+            if ci.join_type != "inner":
+                continue
+            cols = self.input_columns[n]
+            live = ci.dt.meta.get_existing_idx(self._input_idx(n, idx))
+            live = live[list(cols.values())].rename(columns={v: k for k, v in cols.items()}).drop_duplicates()
+            idx = IndexDF(idx.merge(live, on=list(cols)))
+        return idx
+
+    def read_input(self, n: int, idx: pd.DataFrame) -> pd.DataFrame:
+        """Rows of input ``n`` for the transform keys in ``idx``."""
+        ci = self.input_dts[n]
+        if not self.input_columns[n]:
+            return ci.dt.get_data()
+        keys = self._input_idx(n, idx)
+        if not set(ci.dt.primary_keys) <= set(keys.columns):
+            keys = ci.dt.meta.get_existing_idx(keys)
+        return ci.dt.get_data(IndexDF(keys[ci.dt.primary_keys]))
+
+
+class BatchTransformStep(BaseBatchTransformStep):
+    """A ``BatchTransform`` bound to a data store."""
+
+    def __init__(
+        self,
+        ds: DataStore,
+        name: str,
+        func: Callable[..., TransformResult],
+        input_dts: Sequence[ComputeInput],
+        output_dts: Sequence[ComputeOutput],
+        kwargs: Optional[Dict[str, Any]] = None,
+        transform_keys: Optional[List[str]] = None,
+        chunk_size: int = 1000,
+        labels: Optional[Labels] = None,
+        executor_config: Optional[ExecutorConfig] = None,
+        filters: Filters = None,
+        order_by: Optional[List[str]] = None,
+        order: str = "asc",
+    ) -> None:
+        super().__init__(
+            ds, name, input_dts, output_dts, transform_keys, chunk_size, labels, executor_config, filters, order_by, order
+        )
+        self.func = func
+        self.kwargs = kwargs or {}
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        self.injected = [p for p in INJECTABLE if p in params]
+
+    def compute_batch(self, ds: DataStore, idx: IndexDF, run_config: RunConfig) -> List[pd.DataFrame]:
+        live = self.live_idx(idx)
+        inputs = [self.read_input(n, live) for n in range(len(self.input_dts))]
+        if all(len(df) == 0 for df in inputs) and "idx" not in self.injected:
+            return [pd.DataFrame(columns=co.primary_keys) for co in self.output_dts]
+        available = {"idx": idx, "ds": ds, "run_config": run_config}
+        extra = {p: available[p] for p in self.injected}
+        return self.normalise_result(self.func(*inputs, **extra, **self.kwargs))
+
+
+@dataclass
+class BatchTransform(PipelineStep):
+    """Declare a step that maps changed input rows to output rows with ``func``."""
+
+    func: Callable[..., TransformResult]
+    inputs: List[Any]
+    outputs: List[Any]
+    chunk_size: int = 1000
+    name: Optional[str] = None
+    kwargs: Optional[Dict[str, Any]] = None
+    transform_keys: Optional[List[str]] = None
+    labels: Optional[Labels] = None
+    executor_config: Optional[ExecutorConfig] = None
+    filters: Filters = None
+    order_by: Optional[List[str]] = None
+    order: str = "asc"
+
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
+        inputs = resolve_inputs(ds, catalog, self.inputs)
+        outputs = resolve_outputs(ds, catalog, self.outputs)
+        name = self.name or step_name(self.func, "BatchTransform", inputs, outputs)
+        return [
+            BatchTransformStep(
+                ds,
+                name,
+                self.func,
+                inputs,
+                outputs,
+                kwargs=self.kwargs,
+                transform_keys=self.transform_keys,
+                chunk_size=self.chunk_size,
+                labels=self.labels,
+                executor_config=self.executor_config,
+                filters=self.filters,
+                order_by=self.order_by,
+                order=self.order,
+            )
+        ]
+
+
+class DatatableBatchTransformStep(BaseBatchTransformStep):
+    """A ``DatatableBatchTransform`` bound to a data store."""
+
+    def __init__(
+        self,
+        ds: DataStore,
+        name: str,
+        func: Callable[..., TransformResult],
+        input_dts: Sequence[ComputeInput],
+        output_dts: Sequence[ComputeOutput],
+        kwargs: Optional[Dict[str, Any]] = None,
+        transform_keys: Optional[List[str]] = None,
+        chunk_size: int = 1000,
+        labels: Optional[Labels] = None,
+        executor_config: Optional[ExecutorConfig] = None,
+    ) -> None:
+        super().__init__(ds, name, input_dts, output_dts, transform_keys, chunk_size, labels, executor_config)
+        self.func = func
+        self.kwargs = kwargs or {}
+
+    def compute_batch(self, ds: DataStore, idx: IndexDF, run_config: RunConfig) -> List[pd.DataFrame]:
+        result = self.func(ds, idx, [ci.dt for ci in self.input_dts], run_config, self.kwargs)
+        return self.normalise_result(result)
+
+
+@dataclass
+class DatatableBatchTransform(PipelineStep):
+    """Like ``BatchTransform``, but ``func(ds, idx, input_dts, run_config, kwargs)`` reads the inputs itself."""
+
+    func: Callable[..., TransformResult]
+    inputs: List[Any]
+    outputs: List[Any]
+    name: Optional[str] = None
+    chunk_size: int = 1000
+    transform_keys: Optional[List[str]] = None
+    kwargs: Optional[Dict[str, Any]] = None
+    labels: Optional[Labels] = None
+    executor_config: Optional[ExecutorConfig] = None
+
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
+        inputs = resolve_inputs(ds, catalog, self.inputs)
+        outputs = resolve_outputs(ds, catalog, self.outputs)
+        name = self.name or step_name(self.func, "DatatableBatchTransform", inputs, outputs)
+        return [
+            DatatableBatchTransformStep(
+                ds,
+                name,
+                self.func,
+                inputs,
+                outputs,
+                kwargs=self.kwargs,
+                transform_keys=self.transform_keys,
+                chunk_size=self.chunk_size,
+                labels=self.labels,
+                executor_config=self.executor_config,
+            )
+        ]
+
+
+__all__ = [
+    "BaseBatchTransformStep",
+    "BatchTransform",
+    "BatchTransformStep",
+    "DatatableBatchTransform",
+    "DatatableBatchTransformStep",
+]

@@ -1,0 +1,94 @@
+"""DatatableTransform: a step that gets whole ``DataTable`` objects and does its own I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from datapipe.compute import (
+    Catalog,
+    ComputeInput,
+    ComputeOutput,
+    ComputeStep,
+    PipelineStep,
+    resolve_inputs,
+    resolve_outputs,
+    step_name,
+)
+from datapipe.datatable import DataStore
+from datapipe.executor import Executor
+from datapipe.meta.sql_meta import Watermarks
+from datapipe.run_config import RunConfig
+from datapipe.types import Labels
+
+DatatableTransformFunc = Callable[..., None]
+
+
+class DatatableTransformStep(ComputeStep):
+    """Runs ``func(ds, input_dts, output_dts, run_config, kwargs)``; with ``check_for_changes``
+    only when an input changed since the last successful run."""
+
+    def __init__(
+        self,
+        ds: DataStore,
+        name: str,
+        func: DatatableTransformFunc,
+        input_dts: List[ComputeInput],
+        output_dts: List[ComputeOutput],
+        check_for_changes: bool = True,
+        kwargs: Optional[Dict[str, Any]] = None,
+        labels: Optional[Labels] = None,
+    ) -> None:
+        super().__init__(name, input_dts, output_dts, labels)
+        self.func = func
+        self.check_for_changes = check_for_changes
+        self.kwargs = kwargs or {}
+        self.watermarks = Watermarks(ds.meta_dbconn, name, ds.create_meta_table)
+
+    def run_full(
+        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
+    ) -> None:
+        high = {ci.name: ci.dt.meta.max_update_ts() for ci in self.input_dts}
+        if self.check_for_changes and self.input_dts and self._unchanged(high):
+            return
+        callback = run_config.callback if run_config else None
+        if callback is not None:
+            callback.on_step_start(self, 1)
+        try:
+            self.func(ds, [ci.dt for ci in self.input_dts], [co.dt for co in self.output_dts], run_config, self.kwargs)
+        except Exception as e:
+            if callback is not None:
+                callback.on_step_error(self, e)
+            raise
+        self.watermarks.set(high)
+        if callback is not None:
+            callback.on_step_success(self)
+
+    def _unchanged(self, high: Dict[str, Optional[float]]) -> bool:
+        seen = self.watermarks.get()
+        return all(v is None or (k in seen and v <= seen[k]) for k, v in high.items())
+
+    def reset_metadata(self, ds: DataStore) -> None:
+        self.watermarks.reset()
+
+
+@dataclass
+class DatatableTransform(PipelineStep):
+    """Declare a step whose function works on whole tables."""
+
+    func: DatatableTransformFunc
+    inputs: List[Any]
+    outputs: List[Any]
+    check_for_changes: bool = True
+    kwargs: Optional[Dict[str, Any]] = None
+    labels: Optional[Labels] = None
+
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
+        inputs = resolve_inputs(ds, catalog, self.inputs)
+        outputs = resolve_outputs(ds, catalog, self.outputs)
+        name = step_name(self.func, "DatatableTransform", inputs, outputs)
+        return [
+            DatatableTransformStep(
+                ds, name, self.func, inputs, outputs, self.check_for_changes, self.kwargs, self.labels
+            )
+        ]

@@ -1,0 +1,58 @@
+"""UpdateExternalTable: track a table that something other than Datapipe writes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs
+from datapipe.datatable import DataStore
+from datapipe.executor import Executor
+from datapipe.run_config import RunConfig
+from datapipe.types import ChangeList, Labels
+
+
+def update_external_table(ds: DataStore, output: ComputeOutput, run_config: Optional[RunConfig] = None) -> ChangeList:
+    """Scan the store; record new, changed and vanished rows in the metadata. Never writes the store."""
+    dt = output.dt
+    started = time.time()
+    changes = ChangeList()
+    for chunk in dt.table_store.read_rows_meta_pseudo_df(run_config=run_config):
+        changed, _ = dt.store_chunk_changes(chunk, now=time.time(), write_store=False)
+        changes.append(dt.name, changed)
+    changes.append(dt.name, dt.delete_stale_by_process_ts(started, delete_store=False))
+    return changes
+
+
+class UpdateExternalTableStep(ComputeStep):
+    def run_full(
+        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
+    ) -> None:
+        callback = run_config.callback if run_config else None
+        if callback is not None:
+            callback.on_step_start(self, 0)
+        update_external_table(ds, self.output_dts[0], run_config)
+        if callback is not None:
+            callback.on_step_success(self)
+
+    def run_changelist(
+        self,
+        ds: DataStore,
+        change_list: ChangeList,
+        run_config: Optional[RunConfig] = None,
+        executor: Optional[Executor] = None,
+    ) -> ChangeList:
+        return ChangeList()
+
+
+@dataclass
+class UpdateExternalTable(PipelineStep):
+    """Declare that ``output`` is written outside Datapipe and should be scanned for changes."""
+
+    output: Any
+    labels: Optional[Labels] = None
+
+    def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
+        outputs = resolve_outputs(ds, catalog, [self.output])
+        return [UpdateExternalTableStep(f"update_{outputs[0].name}", [], outputs, self.labels)]

@@ -1,0 +1,340 @@
+"""SQL databases: the connection object (``DBConn``) and the SQL table store (``TableStoreDB``).
+
+``DBConn`` also carries the *shared transaction* used for durability: inside
+``with dbconn.transaction():`` every metadata write and every ``TableStoreDB`` write on the
+same ``DBConn`` goes through one connection and commits (or rolls back) together.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
+
+import pandas as pd
+from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, select, tuple_
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.schema import SchemaItem
+from sqlalchemy.sql.elements import ColumnElement
+
+from datapipe.run_config import RunConfig
+from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
+from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
+
+# Bound parameters per statement; SQLite allows 32766, PostgreSQL 65535.
+MAX_PARAMS = 16000
+
+
+class MetaKey(SchemaItem):
+    """Marks a non-key column to be copied into the table's metadata table.
+
+    ``Column("owner_id", Integer, MetaKey())`` keeps ``owner_id`` next to each row's
+    timestamps, so steps can join on it without reading the data.
+    """
+
+    __visit_name__ = "meta_key"
+
+    def __init__(self, target_name: Optional[str] = None) -> None:
+        self.target_name = target_name
+
+    def _set_parent(self, parent: Any, **kw: Any) -> None:  # noqa: D401 - SQLAlchemy hook
+        self.parent = parent
+        parent.meta_key = self
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``; safe for logs and CLI output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL; mask anything between ':' and '@'
+        import re
+
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _normalise_url(connstr: str) -> str:
+    """Pick an installed PostgreSQL driver for plain ``postgresql://`` URLs."""
+    url = make_url(connstr)
+    if url.drivername in ("postgresql", "postgres"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            url = url.set(drivername="postgresql+psycopg")
+        else:
+            url = url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
+    cur = dbapi_con.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class DBConn:
+    """A database the metadata (and optionally data) lives in.
+
+    ``connstr`` is an SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user:pw@host/db``.
+    ``schema`` puts every table in that PostgreSQL schema.
+    """
+
+    def __init__(
+        self,
+        connstr: str,
+        schema: Optional[str] = None,
+        create_engine_kwargs: Optional[Dict[str, Any]] = None,
+        sqla_metadata: Optional[MetaData] = None,
+    ) -> None:
+        self._init(connstr, schema, create_engine_kwargs or {}, sqla_metadata)
+
+    def _init(
+        self,
+        connstr: str,
+        schema: Optional[str],
+        create_engine_kwargs: Dict[str, Any],
+        sqla_metadata: Optional[MetaData],
+    ) -> None:
+        self.connstr = connstr
+        self.schema = schema
+        self.create_engine_kwargs = create_engine_kwargs
+        self.sqla_metadata = sqla_metadata if sqla_metadata is not None else MetaData(schema=schema)
+        url = _normalise_url(connstr)
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs = dict(create_engine_kwargs)
+        if self.is_sqlite:
+            kwargs.setdefault("connect_args", {"timeout": 60})
+        else:
+            kwargs.setdefault("pool_pre_ping", True)
+        self.con: Engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.con, "connect", _sqlite_pragmas)
+        self._tx: contextvars.ContextVar[Optional[Connection]] = contextvars.ContextVar(
+            f"datapipe_tx_{id(self)}", default=None
+        )
+
+    @property
+    def supports_returning(self) -> bool:
+        return not self.is_sqlite
+
+    def __repr__(self) -> str:
+        return f"DBConn({mask_url(self.connstr)!r})"
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"connstr": self.connstr, "schema": self.schema, "create_engine_kwargs": self.create_engine_kwargs}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._init(state["connstr"], state["schema"], state["create_engine_kwargs"], None)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction: the shared one when inside ``transaction()``, else a new one."""
+        active = self._tx.get()
+        if active is not None:
+            yield active
+            return
+        try:
+            with self.con.begin() as con:
+                yield con
+        except OperationalError as e:
+            raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """Run the block in one transaction shared by every write on this ``DBConn``."""
+        active = self._tx.get()
+        if active is not None:
+            yield active
+            return
+        with self.begin() as con:
+            token = self._tx.set(con)
+            try:
+                yield con
+            finally:
+                self._tx.reset(token)
+
+    def get_table(self, name: str, columns: Sequence[Column], create: bool, indexes: Sequence[Any] = ()) -> Table:
+        """The SQLAlchemy ``Table`` called ``name`` with ``columns`` (copied), created if ``create``."""
+        if name in self.sqla_metadata.tables or (
+            self.schema and f"{self.schema}.{name}" in self.sqla_metadata.tables
+        ):
+            key = name if name in self.sqla_metadata.tables else f"{self.schema}.{name}"
+            table = self.sqla_metadata.tables[key]
+        else:
+            table = Table(name, self.sqla_metadata, *[c._copy() for c in columns], *indexes)
+        if create:
+            with self.begin() as con:
+                table.create(con, checkfirst=True)
+        return table
+
+    def has_table(self, name: str) -> bool:
+        with self.begin() as con:
+            return inspect(con).has_table(name, schema=self.schema)
+
+
+# ---------------------------------------------------------------- key filters and row conversion
+
+
+def python_values(series: pd.Series) -> List[Any]:
+    """Values of ``series`` as plain Python objects with NaN/NaT/NA as None (drivers want these)."""
+    if series.dtype.kind in "iub":
+        return series.tolist()
+    return series.astype(object).where(series.notna(), None).tolist()
+
+
+def key_chunks(idx: pd.DataFrame, max_params: int = MAX_PARAMS) -> Iterator[pd.DataFrame]:
+    """Slices of ``idx`` small enough to bind as an ``IN`` list."""
+    step = max(1, max_params // max(1, len(idx.columns)))
+    for start in range(0, len(idx), step):
+        yield idx.iloc[start : start + step]
+
+
+def key_filter(table: Table, idx: pd.DataFrame) -> ColumnElement[bool]:
+    """``WHERE (k1, k2) IN (...)`` for the key columns of ``idx`` (values bound, never formatted)."""
+    cols = list(idx.columns)
+    if len(cols) == 1:
+        return table.c[cols[0]].in_(python_values(idx[cols[0]]))
+    values = list(zip(*[python_values(idx[c]) for c in cols]))
+    return tuple_(*[table.c[c] for c in cols]).in_(values)
+
+
+def df_to_records(df: pd.DataFrame, columns: Sequence[str]) -> List[Dict[str, Any]]:
+    """Rows of ``df`` as dicts of Python values, NaN/NaT/NA as NULL, ready for ``executemany``."""
+    col_values = [python_values(df[c]) for c in columns]
+    return [dict(zip(columns, row)) for row in zip(*col_values)]
+
+
+def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return pd.DataFrame.from_records(rows, columns=list(columns))
+
+
+def upsert_statement(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str]) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for PostgreSQL and SQLite."""
+    if con.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif con.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    else:
+        raise StoreError(f"upsert is not supported on {con.dialect.name}")
+    stmt = dialect_insert(table)
+    update_cols = [c for c in columns if c not in keys]
+    if not update_cols:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))
+    return stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update_cols}
+    )
+
+
+class TableStoreDB(TableStore):
+    """A table in an SQL database (any SQLAlchemy URL; SQLite and PostgreSQL are tested).
+
+    Writes are bulk upserts; reads filter by primary key with bound ``IN`` lists.
+    ``orm_table`` accepts a declarative ORM class instead of ``name``/``data_sql_schema``.
+    """
+
+    caps = TableStoreCaps()
+
+    def __init__(
+        self,
+        dbconn: DBConn,
+        name: Optional[str] = None,
+        data_sql_schema: Optional[DataSchema] = None,
+        create_table: bool = False,
+        orm_table: Optional[Type[Any]] = None,
+    ) -> None:
+        self.dbconn = dbconn
+        if orm_table is not None:
+            table = orm_table.__table__
+            self.name = str(table.name)
+            self.data_sql_schema: DataSchema = [c._copy() for c in table.columns]
+        else:
+            if name is None or data_sql_schema is None:
+                raise ValueError("TableStoreDB needs name and data_sql_schema, or orm_table")
+            self.name = name
+            self.data_sql_schema = [c._copy() for c in data_sql_schema]
+        if not any(c.primary_key for c in self.data_sql_schema):
+            raise ValueError(f"TableStoreDB {self.name!r}: data_sql_schema has no primary_key column")
+        self.create_table = create_table
+        self.data_table = dbconn.get_table(self.name, self.data_sql_schema, create=create_table)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {
+            "dbconn": self.dbconn,
+            "name": self.name,
+            "data_sql_schema": self.data_sql_schema,
+            "create_table": False,
+        }
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def describe(self) -> str:
+        return f"TableStoreDB({self.name!r} in {mask_url(self.dbconn.connstr)})"
+
+    def get_primary_schema(self) -> DataSchema:
+        return [c for c in self.data_sql_schema if c.primary_key]
+
+    def get_meta_schema(self) -> MetaSchema:
+        return [c for c in self.data_sql_schema if hasattr(c, "meta_key")]
+
+    def get_schema(self) -> DataSchema:
+        return self.data_sql_schema
+
+    @property
+    def columns(self) -> List[str]:
+        return [str(c.name) for c in self.data_sql_schema]
+
+    def _check_columns(self, df: pd.DataFrame) -> None:
+        missing = [k for k in self.primary_keys if k not in df.columns]
+        if missing:
+            raise ValueError(f"{self.describe()}: rows are missing key column(s) {missing}")
+        unknown = [c for c in df.columns if c not in self.columns]
+        if unknown:
+            raise ValueError(f"{self.describe()}: unknown column(s) {unknown}; the table has {self.columns}")
+
+    def insert_rows(self, df: DataDF) -> None:
+        if len(df) == 0:
+            return
+        self._check_columns(df)
+        columns = [c for c in self.columns if c in df.columns]
+        records = df_to_records(df, columns)
+        with self.dbconn.begin() as con:
+            stmt = upsert_statement(con, self.data_table, columns, self.primary_keys)
+            con.execute(stmt, records)
+
+    def delete_rows(self, idx: IndexDF) -> None:
+        if len(idx) == 0:
+            return
+        keys = idx[[k for k in self.primary_keys if k in idx.columns]]
+        with self.dbconn.begin() as con:
+            for chunk in key_chunks(keys):
+                con.execute(self.data_table.delete().where(key_filter(self.data_table, chunk)))
+
+    def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
+        sql = select(*[self.data_table.c[c] for c in self.columns])
+        with self.dbconn.begin() as con:
+            if idx is None:
+                return DataDF(rows_to_df(con.execute(sql).fetchall(), self.columns))
+            if len(idx) == 0:
+                return DataDF(rows_to_df([], self.columns))
+            keys = idx[[c for c in idx.columns if c in self.columns]].drop_duplicates()
+            rows: List[Any] = []
+            for chunk in key_chunks(keys):
+                rows.extend(con.execute(sql.where(key_filter(self.data_table, chunk))).fetchall())
+        return DataDF(rows_to_df(rows, self.columns))
+
+    def read_rows_meta_pseudo_df(
+        self, chunksize: int = 1000, run_config: Optional[RunConfig] = None
+    ) -> Iterator[DataDF]:
+        sql = select(*[self.data_table.c[c] for c in self.columns])
+        with self.dbconn.con.connect() as con:
+            result = con.execution_options(stream_results=True).execute(sql)
+            empty = True
+            while rows := result.fetchmany(chunksize):
+                empty = False
+                yield DataDF(rows_to_df(rows, self.columns))
+            if empty:
+                yield DataDF(rows_to_df([], self.columns))

@@ -1,0 +1,126 @@
+"""Core data types shared by every part of Datapipe.
+
+The DataFrame aliases are documentation: an ``IndexDF`` holds only primary-key columns,
+a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NewType, Optional, Tuple, Union
+
+import pandas as pd
+from sqlalchemy import Column
+
+if TYPE_CHECKING:
+    from datapipe.compute import Table
+
+DataSchema = List[Column]
+MetaSchema = List[Column]
+
+IndexDF = NewType("IndexDF", pd.DataFrame)
+DataDF = NewType("DataDF", pd.DataFrame)
+MetadataDF = NewType("MetadataDF", pd.DataFrame)
+HashDF = NewType("HashDF", pd.DataFrame)
+
+Labels = List[Tuple[str, str]]
+TransformResult = Union[pd.DataFrame, List[pd.DataFrame], Tuple[pd.DataFrame, ...]]
+
+# A step input/output may be a catalog name, a ``Table``, or an SQLAlchemy ORM class.
+TableOrName = Union[str, "Table", Any]
+
+
+@dataclass
+class InputSpec:
+    """A step input. ``keys`` maps transform-key names to this table's column names."""
+
+    table: TableOrName
+    keys: Optional[Dict[str, str]] = None
+
+
+@dataclass
+class Required(InputSpec):
+    """An input that must have a row for a key before the key is processed (inner join)."""
+
+
+@dataclass
+class OutputSpec:
+    """A step output. ``keys`` maps transform-key names to this table's column names."""
+
+    table: TableOrName
+    keys: Optional[Dict[str, str]] = None
+
+
+@dataclass
+class ChangeList:
+    """Changed keys per table name, as produced by a run and consumed by ``run_changelist``."""
+
+    changes: Dict[str, IndexDF] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, name: str, idx: IndexDF) -> "ChangeList":
+        res = cls()
+        res.append(name, idx)
+        return res
+
+    def append(self, table_name: str, idx: IndexDF) -> None:
+        if len(idx) == 0:
+            return
+        if table_name in self.changes:
+            merged = pd.concat([self.changes[table_name], idx], ignore_index=True)
+            self.changes[table_name] = IndexDF(merged.drop_duplicates(ignore_index=True))
+        else:
+            self.changes[table_name] = IndexDF(idx.drop_duplicates(ignore_index=True))
+
+    def extend(self, other: "ChangeList") -> None:
+        for key, idx in other.changes.items():
+            self.append(key, idx)
+
+    def empty(self) -> bool:
+        return len(self.changes) == 0
+
+
+def data_to_index(data: pd.DataFrame, primary_keys: List[str]) -> IndexDF:
+    return IndexDF(data[list(primary_keys)])
+
+
+def meta_to_index(meta: pd.DataFrame, primary_keys: List[str]) -> IndexDF:
+    return IndexDF(meta[list(primary_keys)])
+
+
+def hash_to_index(hashes: pd.DataFrame, primary_keys: List[str]) -> IndexDF:
+    return IndexDF(hashes[list(primary_keys)])
+
+
+def index_to_data(data: pd.DataFrame, idx: IndexDF) -> DataDF:
+    """Rows of ``data`` whose key columns (the columns of ``idx``) appear in ``idx``."""
+    keys = list(idx.columns)
+    return DataDF(data.merge(idx.drop_duplicates(), on=keys, how="inner"))
+
+
+def _indicator_merge(a: pd.DataFrame, b: pd.DataFrame, how: str) -> pd.DataFrame:
+    keys = list(a.columns)
+    return a.merge(b[keys].drop_duplicates(), on=keys, how=how, indicator=True)
+
+
+def index_difference(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
+    """Keys of ``idx1`` not in ``idx2``."""
+    if len(idx2) == 0:
+        return idx1
+    merged = _indicator_merge(idx1, idx2, "left")
+    return IndexDF(merged.loc[merged["_merge"] == "left_only", list(idx1.columns)].reset_index(drop=True))
+
+
+def index_intersection(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
+    """Keys present in both ``idx1`` and ``idx2``."""
+    if len(idx1) == 0 or len(idx2) == 0:
+        return IndexDF(idx1.iloc[0:0])
+    return IndexDF(idx1.merge(idx2[list(idx1.columns)].drop_duplicates(), on=list(idx1.columns)))
+
+
+def index_union(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
+    return IndexDF(pd.concat([idx1, idx2], ignore_index=True).drop_duplicates(ignore_index=True))
+
+
+# Convenience used by steps that accept "a function or None"
+Callback = Callable[..., Any]
