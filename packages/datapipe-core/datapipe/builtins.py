@@ -1,0 +1,31 @@
+"""The stores and executors that ship with datapipe-core, registered like any plugin."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from datapipe.hookspecs import Factory, hookimpl
+from datapipe.run_callback import RunCallback
+
+
+@hookimpl
+def datapipe_table_stores() -> Dict[str, Factory]:
+    return {
+        "sql": "datapipe.store.database:TableStoreDB",
+        "filedir": "datapipe.store.filedir:TableStoreFiledir",
+        "jsonline": "datapipe.store.pandas:TableStoreJsonLine",
+        "excel": "datapipe.store.pandas:TableStoreExcel",
+    }
+
+
+@hookimpl
+def datapipe_executors() -> Dict[str, Factory]:
+    return {
+        "single_thread": "datapipe.executor:SingleThreadExecutor",
+        "ray": "datapipe.executor.ray:RayExecutor",
+    }
+
+
+@hookimpl
+def datapipe_run_callbacks() -> List[RunCallback]:
+    return []
