@@ -8,7 +8,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "core"]
+nox.options.sessions = ["lint", "core", "qdrant", "milvus"]
 
 CORE = "./packages/datapipe-core"
 TEST_DEPS = ["pytest>=8", "pytest-timeout"]
@@ -31,3 +31,33 @@ def lint(session: nox.Session) -> None:
     session.install("ruff", "mypy", "pandas-stubs", "-e", f"{CORE}[postgres]")
     session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
     session.run("mypy", "packages/datapipe-core/datapipe")
+
+
+@nox.session
+def qdrant(session: nox.Session) -> None:
+    """datapipe-qdrant on embedded Qdrant (":memory:" and a local path); a server too when QDRANT_URL is set."""
+    install_core(session)
+    session.install("-e", "./packages/datapipe-qdrant")
+    session.run("pytest", "tests/qdrant", *session.posargs)
+
+
+@nox.session
+def milvus(session: nox.Session) -> None:
+    """datapipe-milvus on embedded Milvus Lite (a temp file URI)."""
+    install_core(session)
+    session.install("-e", "./packages/datapipe-milvus")
+    session.run("pytest", "tests/milvus", *session.posargs)
+
+
+@nox.session
+def cli(session: nox.Session) -> None:
+    """The `datapipe` command line and the progress display (SQLite)."""
+    install_core(session, "")
+    session.run("pytest", "tests/cli", *session.posargs)
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """RayExecutor on a local 2-CPU Ray: results and metadata equal the single-thread run."""
+    install_core(session, "ray,postgres")
+    session.run("pytest", "tests/ray", *session.posargs)
