@@ -64,11 +64,25 @@ class DataTable:
         null_keys = [k for k in self.primary_keys if df[k].isna().any()]
         if null_keys:
             raise ValueError(f"{where}: null values in primary key column(s) {null_keys}")
+        self._check_key_types(df, where)
         dup = df.duplicated(self.primary_keys, keep=False)
         if dup.any():
             sample = df.loc[dup, self.primary_keys].head(3).to_dict("records")
             raise ValueError(f"{where}: {int(dup.sum())} rows have duplicate primary keys, e.g. {sample}")
         return df
+
+    def _check_key_types(self, df: pd.DataFrame, where: str) -> None:
+        for col in self.primary_schema:
+            try:
+                expected = col.type.python_type
+            except NotImplementedError:
+                continue
+            kind = df[str(col.name)].dtype.kind
+            if (expected is int and kind not in "iu") or (expected is str and kind in "iufb"):
+                raise ValueError(
+                    f"{where}: key column {col.name!r} holds {df[str(col.name)].dtype} values, "
+                    f"but the table's key type is {expected.__name__}"
+                )
 
     def _merge_existing(self, keys_and_hash: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
         try:

@@ -1,0 +1,107 @@
+import time
+
+import pandas as pd
+import pytest
+from sqlalchemy import Column, Integer, String
+
+from datapipe.datatable import DataStore
+from datapipe.store.database import TableStoreDB
+from datapipe.tests.util import assert_datatable_equal, assert_idx_equal
+
+
+def schema():
+    return [Column("id", Integer, primary_key=True), Column("a", String)]
+
+
+@pytest.fixture
+def dt(ds: DataStore, dbconn):
+    return ds.create_table("t", TableStoreDB(dbconn, "t", schema(), create_table=True))
+
+
+def df(ids, prefix="v"):
+    return pd.DataFrame({"id": list(ids), "a": [f"{prefix}{i}" for i in ids]})
+
+
+def test_store_chunk_writes_and_reports_changes(dt):
+    changed = dt.store_chunk(df(range(5)), now=100.0)
+    assert_idx_equal(changed, pd.DataFrame({"id": range(5)}))
+    assert_datatable_equal(dt, df(range(5)))
+    meta = dt.get_metadata().set_index("id")
+    assert (meta["update_ts"] == 100.0).all() and (meta["create_ts"] == 100.0).all()
+    assert meta["delete_ts"].isna().all()
+    assert dt.get_size() == 5
+
+
+def test_unchanged_rows_keep_update_ts(dt):
+    dt.store_chunk(df(range(3)), now=100.0)
+    new = df(range(3))
+    new.loc[1, "a"] = "changed"
+    changed = dt.store_chunk(new, now=200.0)
+    assert_idx_equal(changed, pd.DataFrame({"id": [1]}))
+    meta = dt.get_metadata().set_index("id")
+    assert meta.loc[0, "update_ts"] == 100.0 and meta.loc[2, "update_ts"] == 100.0
+    assert meta.loc[1, "update_ts"] == 200.0 and meta.loc[1, "create_ts"] == 100.0
+    assert (meta["process_ts"] == 200.0).all()
+
+
+def test_processed_idx_deletes_missing_rows(dt):
+    dt.store_chunk(df(range(6)), now=100.0)
+    dt.store_chunk(df([1, 2]), processed_idx=pd.DataFrame({"id": [0, 1, 2, 3]}), now=200.0)
+    assert_datatable_equal(dt, df([1, 2, 4, 5]))
+    meta = dt.meta.get_metadata(include_deleted=True).set_index("id")
+    assert meta.loc[0, "delete_ts"] == 200.0 and meta.loc[0, "update_ts"] == 200.0
+    assert pd.isna(meta.loc[4, "delete_ts"])
+
+
+def test_deleted_row_comes_back(dt):
+    dt.store_chunk(df([1]), now=100.0)
+    dt.delete_by_idx(pd.DataFrame({"id": [1]}), now=150.0)
+    assert dt.get_size() == 0
+    changed = dt.store_chunk(df([1]), now=200.0)
+    assert list(changed["id"]) == [1]
+    meta = dt.get_metadata().set_index("id")
+    assert meta.loc[1, "update_ts"] == 200.0 and pd.isna(meta.loc[1, "delete_ts"])
+    assert_datatable_equal(dt, df([1]))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (pd.DataFrame({"id": [1, 1], "a": ["x", "y"]}), "duplicate primary keys"),
+        (pd.DataFrame({"id": [1, None], "a": ["x", "y"]}), "null values in primary key"),
+        (pd.DataFrame({"a": ["x"]}), "missing primary key column"),
+    ],
+)
+def test_bad_chunks_are_rejected_and_nothing_changes(dt, bad, message):
+    dt.store_chunk(df(range(3)), now=100.0)
+    before = dt.meta.get_metadata(include_deleted=True)
+    with pytest.raises(ValueError, match=message):
+        dt.store_chunk(bad)
+    assert_datatable_equal(dt, df(range(3)))
+    pd.testing.assert_frame_equal(dt.meta.get_metadata(include_deleted=True), before)
+
+
+def test_empty_chunk_is_a_no_op(dt):
+    assert len(dt.store_chunk(pd.DataFrame(columns=["id", "a"]))) == 0
+    assert len(dt.store_chunk(pd.DataFrame())) == 0
+    assert dt.get_size() == 0
+
+
+def test_delete_stale_by_process_ts(dt):
+    dt.store_chunk(df(range(4)), now=100.0)
+    dt.store_chunk(df([0, 1]), now=200.0)
+    deleted = dt.delete_stale_by_process_ts(150.0, now=300.0)
+    assert_idx_equal(deleted, pd.DataFrame({"id": [2, 3]}))
+    assert_datatable_equal(dt, df([0, 1]))
+
+
+def test_key_type_mismatch_is_a_clear_error(dt):
+    dt.store_chunk(df(range(2)))
+    with pytest.raises(ValueError, match="table 't'"):
+        dt.store_chunk(pd.DataFrame({"id": ["x"], "a": ["y"]}))
+
+
+def test_timestamps_default_to_now(dt):
+    before = time.time()
+    dt.store_chunk(df([1]))
+    assert dt.get_metadata()["update_ts"].iloc[0] >= before
