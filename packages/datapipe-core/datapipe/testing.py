@@ -12,7 +12,8 @@ Fixtures:
 ``redis_url``
     session-wide Redis: ``REDIS_URL`` if set, else a throwaway ``redis-server``.
 
-The store conformance kit is ``datapipe.store.tests.abstract.AbstractBaseStoreTests``.
+The store conformance kit is ``datapipe.store.tests.abstract.AbstractBaseStoreTests``, also importable
+as ``from datapipe.testing import AbstractBaseStoreTests`` (see that module for how to use it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import Iterator
 
 import pytest
 
+from datapipe.store.tests.abstract import AbstractBaseStoreTests
 from datapipe.tests.services import PostgresServer, RedisServer, ServiceUnavailable, create_database, in_ci
+
+__all__ = ["AbstractBaseStoreTests"]
 
 
 def _unavailable(what: str, error: Exception) -> None:

@@ -320,7 +320,7 @@ class TableStoreDB(TableStore):
                 return DataDF(rows_to_df(con.execute(sql).fetchall(), self.columns))
             if len(idx) == 0:
                 return DataDF(rows_to_df([], self.columns))
-            keys = idx[[c for c in idx.columns if c in self.columns]].drop_duplicates()
+            keys = idx[[k for k in self.primary_keys if k in idx.columns]].drop_duplicates()
             rows: List[Any] = []
             for chunk in key_chunks(keys):
                 rows.extend(con.execute(sql.where(key_filter(self.data_table, chunk))).fetchall())
