@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
 
@@ -15,6 +15,13 @@ from datapipe.store.table_store import TableStore
 from datapipe.types import DataDF, IndexDF, MetadataDF, index_difference
 
 logger = logging.getLogger("datapipe.datatable")
+
+#: Test-only fault injection. When not None it is called as ``fault_hook(point, table)`` at named
+#: points of the write path; the reliability tests install a function that SIGKILLs the process there.
+#: Points: ``"after_data_write"`` (the store was written, the table's metadata not yet) and
+#: ``"after_data_delete"`` (rows were deleted from the store, not yet tombstoned). Costs one
+#: ``is None`` check when unset.
+fault_hook: Optional[Callable[[str, "DataTable"], None]] = None
 
 
 class DataTable:
@@ -108,6 +115,8 @@ class DataTable:
         changed_mask = is_changed.to_numpy()
         if write_store and changed_mask.any():
             self.table_store.insert_rows(DataDF(df.loc[changed_mask]))
+            if fault_hook is not None:
+                fault_hook("after_data_write", self)
         changed = merged.loc[changed_mask]
         meta_cols = [c for c in self.meta.meta_keys if c in df.columns]
         new_meta = changed[keys].assign(
@@ -128,6 +137,8 @@ class DataTable:
             return
         if delete_store:
             self.table_store.delete_rows(idx)
+            if fault_hook is not None:
+                fault_hook("after_data_delete", self)
         self.meta.mark_deleted(idx, now)
 
     def store_chunk_changes(
