@@ -53,13 +53,13 @@ from sqlalchemy import (
 
 from datapipe.store.database import (
     DBConn,
-    df_to_records,
     key_chunks,
     key_filter,
     python_values,
     rows_to_df,
     upsert_statement,
 )
+from datapipe.store.sql_bulk import bulk_upsert
 from datapipe.types import DataSchema, IndexDF, MetadataDF, MetaSchema
 
 TABLE_META_COLUMNS = ["hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
@@ -140,8 +140,7 @@ class TableMeta:
             return
         columns = [c for c in self.sql_table.columns.keys() if c in meta_df.columns]
         with self.dbconn.begin() as con:
-            stmt = upsert_statement(con, self.sql_table, columns, self.primary_keys)
-            con.execute(stmt, df_to_records(meta_df, columns))
+            bulk_upsert(con, self.sql_table, meta_df, columns, self.primary_keys)
 
     def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any]) -> None:
         if len(idx) == 0:
@@ -226,8 +225,7 @@ class TransformMeta:
             return
         df = idx[self.primary_keys].drop_duplicates().assign(**values)
         with self.dbconn.begin() as con:
-            stmt = upsert_statement(con, self.sql_table, list(df.columns), self.primary_keys)
-            con.execute(stmt, df_to_records(df, list(df.columns)))
+            bulk_upsert(con, self.sql_table, df, list(df.columns), self.primary_keys)
 
     def mark_success(self, idx: IndexDF, now: float) -> None:
         self._mark(idx, {"process_ts": now, "is_success": True, "priority": 0, "error": None})

@@ -19,6 +19,7 @@ from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import ColumnElement
 
 from datapipe.run_config import RunConfig
+from datapipe.store.sql_bulk import bulk_upsert
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 
@@ -208,7 +209,8 @@ def df_to_records(df: pd.DataFrame, columns: Sequence[str]) -> List[Dict[str, An
 def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    return pd.DataFrame.from_records(rows, columns=list(columns))
+    # column-wise construction: much cheaper than from_records over SQLAlchemy Row objects
+    return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))), columns=list(columns))
 
 
 def upsert_statement(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str]) -> Any:
@@ -300,10 +302,8 @@ class TableStoreDB(TableStore):
             return
         self._check_columns(df)
         columns = [c for c in self.columns if c in df.columns]
-        records = df_to_records(df, columns)
         with self.dbconn.begin() as con:
-            stmt = upsert_statement(con, self.data_table, columns, self.primary_keys)
-            con.execute(stmt, records)
+            bulk_upsert(con, self.data_table, df, columns, self.primary_keys)
 
     def delete_rows(self, idx: IndexDF) -> None:
         if len(idx) == 0:
