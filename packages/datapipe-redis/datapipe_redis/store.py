@@ -1,0 +1,277 @@
+"""``RedisStore``: a Datapipe table kept in one Redis hash.
+
+Key layout (see the package README):
+
+* the table is the Redis hash named ``name``;
+* each row is one field of that hash: the field is the JSON array of the row's primary-key
+  values in key order (``[42]``, ``["img", 7]``), the value is a JSON object of the row's
+  non-key columns (``{"title":"x","score":0.5}``).
+
+Every batch operation is one pipeline, i.e. one network round trip: writes are ``HSET`` with
+many fields per command, reads ``HMGET``, deletes ``HDEL``; reading the whole table pages
+with ``HSCAN``. With ``cluster_mode=True`` the client is ``redis.cluster.RedisCluster``; the
+whole table lives in the slot of its hash key.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import pandas as pd
+from sqlalchemy import Column
+
+from datapipe.run_config import RunConfig
+from datapipe.store.database import mask_url
+from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
+from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
+from datapipe_redis.codec import decode_frame, dumps, empty_frame, encode_column, loads_many
+
+# Fields per HSET/HMGET/HDEL command: big enough to amortise, small enough not to block the server.
+COMMAND_BATCH = 5000
+
+
+class RedisStore(TableStore):
+    """A table stored in the Redis hash ``name`` (one field per row; see the module docstring).
+
+    ``connection`` is a redis URL (``redis://[:password@]host:port/db``, ``rediss://`` for TLS);
+    ``password`` overrides the URL's. ``data_sql_schema`` lists SQLAlchemy ``Column``\\ s, the
+    primary-key ones marked ``primary_key=True``. The client connects lazily on first use and is
+    recreated after unpickling. Server errors are raised as ``StoreError`` naming the store, the
+    table and the server address (never the password).
+    """
+
+    caps = TableStoreCaps()
+
+    def __init__(
+        self,
+        connection: str,
+        name: str,
+        data_sql_schema: DataSchema,
+        cluster_mode: bool = False,
+        password: Optional[str] = None,
+    ) -> None:
+        if not isinstance(connection, str) or not connection:
+            raise ValueError(f"RedisStore {name!r}: connection must be a redis URL string, got {connection!r}")
+        self.connection = connection
+        self.name = name
+        self.data_sql_schema: List[Column] = list(data_sql_schema)
+        self.cluster_mode = cluster_mode
+        self.password = password
+        self._client: Any = None
+        self._key_columns = [c for c in self.data_sql_schema if c.primary_key]
+        self._value_columns = [c for c in self.data_sql_schema if not c.primary_key]
+        if not self._key_columns:
+            raise ValueError(f"RedisStore {name!r}: data_sql_schema has no primary_key column")
+        self._columns = [str(c.name) for c in self.data_sql_schema]
+
+    # ---------------------------------------------------------------- pickling and description
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {
+            "connection": self.connection,
+            "name": self.name,
+            "data_sql_schema": self.data_sql_schema,
+            "cluster_mode": self.cluster_mode,
+            "password": self.password,
+        }
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    @property
+    def address(self) -> str:
+        """The server URL with any password masked."""
+        return mask_url(self.connection)
+
+    def describe(self) -> str:
+        mode = ", cluster" if self.cluster_mode else ""
+        return f"RedisStore({self.name!r} at {self.address}{mode})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    # ---------------------------------------------------------------- schema
+
+    def get_primary_schema(self) -> DataSchema:
+        return list(self._key_columns)
+
+    def get_meta_schema(self) -> MetaSchema:
+        return [c for c in self.data_sql_schema if hasattr(c, "meta_key")]
+
+    def get_schema(self) -> DataSchema:
+        return list(self.data_sql_schema)
+
+    # ---------------------------------------------------------------- client and errors
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client, created on first use (``RedisCluster`` when ``cluster_mode``)."""
+        if self._client is None:
+            with self._errors("connect"):
+                self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        kwargs: Dict[str, Any] = {"decode_responses": True}
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.cluster_mode:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(self.connection, **kwargs)
+        import redis
+
+        return redis.Redis.from_url(self.connection, **kwargs)
+
+    def _scrub(self, text: str) -> str:
+        secrets = [self.password] if self.password else []
+        try:
+            from urllib.parse import urlsplit
+
+            url_password = urlsplit(self.connection).password
+        except ValueError:
+            url_password = None
+        if url_password:
+            secrets.append(url_password)
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn redis-py errors into ``StoreError`` naming store, table and masked address."""
+        from redis.exceptions import RedisClusterException, RedisError
+
+        try:
+            yield
+        except (RedisError, RedisClusterException) as e:
+            detail = self._scrub(f"{type(e).__name__}: {e}")
+            raise StoreError(
+                f"RedisStore table {self.name!r} (hash {self.name!r} at {self.address}): {action} failed: {detail}"
+            ) from None
+
+    # ---------------------------------------------------------------- key encoding
+
+    def _check_columns(self, df: pd.DataFrame, keys_only: bool = False) -> None:
+        keys = self.primary_keys
+        missing = [k for k in keys if k not in df.columns]
+        if missing:
+            what = "index" if keys_only else "rows"
+            raise ValueError(f"{self.describe()}: {what} missing key column(s) {missing} (got {list(df.columns)})")
+        if not keys_only:
+            unknown = [c for c in df.columns if c not in self._columns]
+            if unknown:
+                raise ValueError(f"{self.describe()}: unknown column(s) {unknown}; the table has {self._columns}")
+        null = [k for k in keys if df[k].isna().any()]
+        if null:
+            raise ValueError(f"{self.describe()}: null values in key column(s) {null}")
+
+    def encode_fields(self, df: pd.DataFrame) -> List[str]:
+        """The hash field of each row of ``df``: the JSON array of its key values."""
+        try:
+            cols = [encode_column(df[str(c.name)], c) for c in self._key_columns]
+        except ValueError as e:
+            raise ValueError(f"{self.describe()}: {e}") from e
+        return [dumps(list(row)) for row in zip(*cols)]
+
+    def encode_values(self, df: pd.DataFrame) -> List[str]:
+        """The hash value of each row of ``df``: the JSON object of its non-key columns."""
+        present = [c for c in self._value_columns if str(c.name) in df.columns]
+        names = [str(c.name) for c in present]
+        try:
+            cols = [encode_column(df[name], c) for name, c in zip(names, present)]
+        except ValueError as e:
+            raise ValueError(f"{self.describe()}: {e}") from e
+        if not cols:
+            return ["{}"] * len(df)
+        try:
+            return [dumps(dict(zip(names, row))) for row in zip(*cols)]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{self.describe()}: a value cannot be stored as JSON: {e}") from e
+
+    def decode_rows(self, fields: Sequence[str], values: Sequence[str]) -> DataDF:
+        """Rows from hash fields and their values (the inverse of the two ``encode_*``)."""
+        if len(fields) == 0:
+            return DataDF(empty_frame(self.data_sql_schema))
+        key_rows = loads_many(fields)
+        value_rows = loads_many(values)
+        columns: Dict[str, List[Any]] = {}
+        for i, col in enumerate(self._key_columns):
+            columns[str(col.name)] = [row[i] for row in key_rows]
+        for col in self._value_columns:
+            name = str(col.name)
+            columns[name] = [row.get(name) for row in value_rows]
+        return DataDF(decode_frame(columns, self.data_sql_schema))
+
+    # ---------------------------------------------------------------- writes
+
+    def insert_rows(self, df: DataDF) -> None:
+        if len(df) == 0:
+            return
+        self._check_columns(df)
+        fields = self.encode_fields(df)
+        values = self.encode_values(df)
+        with self._errors(f"writing {len(df)} rows"):
+            pipe = self.client.pipeline(transaction=False)
+            for start in range(0, len(fields), COMMAND_BATCH):
+                end = start + COMMAND_BATCH
+                pipe.hset(self.name, mapping=dict(zip(fields[start:end], values[start:end])))
+            pipe.execute()
+
+    def delete_rows(self, idx: IndexDF) -> None:
+        if len(idx) == 0:
+            return
+        self._check_columns(idx, keys_only=True)
+        fields = self.encode_fields(idx)
+        with self._errors(f"deleting {len(idx)} rows"):
+            pipe = self.client.pipeline(transaction=False)
+            for start in range(0, len(fields), COMMAND_BATCH):
+                pipe.hdel(self.name, *fields[start : start + COMMAND_BATCH])
+            pipe.execute()
+
+    # ---------------------------------------------------------------- reads
+
+    def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
+        if idx is None:
+            chunks = list(self._scan(COMMAND_BATCH))
+            if len(chunks) == 1:
+                return chunks[0]
+            # HSCAN may return a field twice while the hash is being rehashed.
+            df = pd.concat(chunks, ignore_index=True)
+            return DataDF(df.drop_duplicates(self.primary_keys, keep="last", ignore_index=True))
+        if len(idx) == 0:
+            return DataDF(empty_frame(self.data_sql_schema))
+        self._check_columns(idx, keys_only=True)
+        fields = list(dict.fromkeys(self.encode_fields(idx)))
+        with self._errors(f"reading {len(fields)} rows"):
+            pipe = self.client.pipeline(transaction=False)
+            for start in range(0, len(fields), COMMAND_BATCH):
+                pipe.hmget(self.name, fields[start : start + COMMAND_BATCH])
+            values = [v for chunk in pipe.execute() for v in chunk]
+        found = [(f, v) for f, v in zip(fields, values) if v is not None]
+        return self.decode_rows([f for f, _ in found], [v for _, v in found])
+
+    def _scan(self, chunksize: int) -> Iterator[DataDF]:
+        """Every row, in chunks of about ``chunksize`` (``HSCAN``); yields one empty frame for an empty table."""
+        cursor = 0
+        empty = True
+        while True:
+            with self._errors("scanning"):
+                cursor, page = self.client.hscan(self.name, cursor, count=chunksize)
+            fields = list(page.keys())
+            # COUNT is only a hint (small hashes come back whole): slice pages to ``chunksize``.
+            for start in range(0, len(fields), chunksize):
+                empty = False
+                part = fields[start : start + chunksize]
+                yield self.decode_rows(part, [page[f] for f in part])
+            if int(cursor) == 0:
+                break
+        if empty:
+            yield DataDF(empty_frame(self.data_sql_schema))
+
+    def read_rows_meta_pseudo_df(
+        self, chunksize: int = 1000, run_config: Optional[RunConfig] = None
+    ) -> Iterator[DataDF]:
+        """Every row in chunks, paging with ``HSCAN`` (rows written concurrently may be seen twice or not at all)."""
+        yield from self._scan(chunksize)
