@@ -8,7 +8,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "core", "qdrant", "milvus"]
+nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray"]
 
 CORE = "./packages/datapipe-core"
 TEST_DEPS = ["pytest>=8", "pytest-timeout"]

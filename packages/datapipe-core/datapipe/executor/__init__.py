@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional
 
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, IndexDF
@@ -32,14 +32,30 @@ class ExecutorConfig:
     parallelism: Optional[int] = 100
 
 
+# --- batch statistics for progress reporting (issue 5) -----------------------------------------
+
+
+def note_deleted(changes: ChangeList, deleted: int) -> ChangeList:
+    """Record on a batch's ``ChangeList`` how many of its keys are deletions (read by ``batch_stats``)."""
+    changes.deleted_count = deleted  # type: ignore[attr-defined]
+    return changes
+
+
+def batch_stats(changes: ChangeList) -> Dict[str, int]:
+    """``changed`` (new or updated) and ``deleted`` output keys of one batch's ``ChangeList``."""
+    total = sum(len(idx) for idx in changes.changes.values())
+    deleted = int(getattr(changes, "deleted_count", 0))
+    return {"changed": total - deleted, "deleted": deleted}
+
+
 class Executor(ABC):
     """Runs the batches of one step."""
 
     @abstractmethod
     def run_process_batch(
         self,
-        step: "ComputeStep",
-        ds: "DataStore",
+        step: ComputeStep,
+        ds: DataStore,
         idx_count: int,
         idx_gen: Iterable[IndexDF],
         process_fn: ProcessFn,
@@ -61,8 +77,8 @@ class SingleThreadExecutor(Executor):
 
     def run_process_batch(
         self,
-        step: "ComputeStep",
-        ds: "DataStore",
+        step: ComputeStep,
+        ds: DataStore,
         idx_count: int,
         idx_gen: Iterable[IndexDF],
         process_fn: ProcessFn,
@@ -72,7 +88,8 @@ class SingleThreadExecutor(Executor):
         changes = ChangeList()
         callback = run_config.callback if run_config is not None else None
         for done, idx in enumerate(idx_gen, start=1):
-            changes.extend(process_fn(ds, idx, run_config))
+            batch = process_fn(ds, idx, run_config)
+            changes.extend(batch)
             if callback is not None:
-                callback.on_step_progress(step, done, idx_count, rows=len(idx))
+                callback.on_step_progress(step, done, idx_count, rows=len(idx), **batch_stats(batch))
         return changes

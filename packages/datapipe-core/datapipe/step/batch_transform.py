@@ -36,7 +36,7 @@ from datapipe.compute import (
     step_name,
 )
 from datapipe.datatable import DataStore
-from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
+from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor, note_deleted
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.run_config import LabelDict, RunConfig
@@ -334,6 +334,7 @@ class BaseBatchTransformStep(ComputeStep):
         self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], started: float
     ) -> ChangeList:
         changes = ChangeList()
+        n_deleted = 0
         with ds.meta_dbconn.transaction():
             for frame, co in zip(frames, self.output_dts):
                 changed, deleted = co.dt.store_chunk_changes(
@@ -344,8 +345,9 @@ class BaseBatchTransformStep(ComputeStep):
                 )
                 changes.append(co.name, changed)
                 changes.append(co.name, deleted)
+                n_deleted += len(deleted)
             self.meta.mark_success(idx, started)
-        return changes
+        return note_deleted(changes, n_deleted)  # deletion count for progress stats (issue 5)
 
     # ------------------------------------------------------------------ reading inputs
 

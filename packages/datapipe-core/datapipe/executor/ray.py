@@ -1,0 +1,180 @@
+"""Run the batches of a step as Ray tasks (``pip install datapipe-core[ray]``).
+
+    from datapipe.executor.ray import RayExecutor
+    run_steps(ds, steps, executor=RayExecutor())          # local Ray, or RAY_ADDRESS
+    datapipe --executor ray run                             # the same from the CLI
+
+Each batch of keys becomes one Ray task with the step's ``ExecutorConfig`` resources
+(``cpu`` -> ``num_cpus``, ``gpu`` -> ``num_gpus``, ``memory`` bytes); at most ``parallelism``
+tasks are in flight, and key batches are pulled from the step's iterator only as slots free
+up. The step and the ``DataStore`` are shipped once per step run (one object in the Ray object
+store, so the step's tables and the store share one ``DBConn`` and keep the one-transaction
+durability) and unpickled once per worker process.
+
+A failing batch is recorded in the metadata by the worker (as in the single-thread path) and
+reported to the run callback on the driver; progress is reported on the driver as tasks finish.
+If a task raises (``fail_fast``, or the metadata store is unusable), the tasks still in flight
+are cancelled and the error is re-raised on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
+
+import cloudpickle
+
+from datapipe.executor import Executor, ExecutorConfig, ProcessFn, batch_stats
+from datapipe.run_callback import RunCallback
+from datapipe.run_config import RunConfig
+from datapipe.types import ChangeList, IndexDF
+
+try:
+    import ray
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError("RayExecutor needs Ray: pip install 'datapipe-core[ray]'") from e
+
+if TYPE_CHECKING:
+    from datapipe.compute import ComputeStep
+    from datapipe.datatable import DataStore
+
+logger = logging.getLogger("datapipe.executor.ray")
+
+# Per worker process: payload token -> (ds, process_fn), so a step is unpickled once per worker.
+_PAYLOADS: OrderedDict[str, Tuple[Any, Any]] = OrderedDict()
+_MAX_CACHED = 4
+
+
+class _ErrorCollector(RunCallback):
+    """Stands in for the driver's callback inside a task: keeps the batch errors to send back."""
+
+    def __init__(self) -> None:
+        self.errors: List[BaseException] = []
+
+    def on_step_error(self, step: Any, error: BaseException) -> None:
+        self.errors.append(_picklable(error))
+
+
+def _picklable(error: BaseException) -> BaseException:
+    try:
+        cloudpickle.loads(cloudpickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - fall back to the text of an exception that does not pickle
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _payload(token: str, ref: List[Any]) -> Tuple[Any, Any]:
+    if token not in _PAYLOADS:
+        _PAYLOADS[token] = ray.get(ref[0])
+        while len(_PAYLOADS) > _MAX_CACHED:
+            _PAYLOADS.popitem(last=False)
+    return _PAYLOADS[token]
+
+
+def _run_batch(
+    token: str, ref: List[Any], idx: IndexDF, run_config: RunConfig
+) -> Tuple[ChangeList, Dict[str, int], List[BaseException]]:
+    """The Ray task: process one batch, return its changes, stats and the batch errors."""
+    ds, process_fn = _payload(token, ref)
+    collector = _ErrorCollector()
+    rc = RunConfig(filters=run_config.filters, labels=run_config.labels, fail_fast=run_config.fail_fast,
+                   callback=collector)
+    changes = process_fn(ds, idx, rc)
+    return changes, batch_stats(changes), collector.errors
+
+
+class RayExecutor(Executor):
+    """Runs batches as Ray tasks on a local Ray (started on first use) or a cluster.
+
+    ``address``: a Ray address (``"auto"``, ``"ray://host:10001"``); default ``RAY_ADDRESS`` or a new
+    local Ray. ``init_kwargs`` are passed to ``ray.init`` (e.g. ``num_cpus``). When Ray is already
+    initialised in this process it is used as is.
+    """
+
+    def __init__(self, address: Optional[str] = None, init_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.init_kwargs = dict(init_kwargs or {})
+
+    def _ensure_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        kwargs: Dict[str, Any] = {"ignore_reinit_error": True, **self.init_kwargs}
+        if self.address:
+            kwargs["address"] = self.address
+        else:
+            kwargs.setdefault("include_dashboard", False)
+        logger.info("starting Ray (%s)", self.address or "local")
+        ray.init(**kwargs)
+
+    @staticmethod
+    def task_options(config: ExecutorConfig) -> Dict[str, Any]:
+        """Ray task options for an ``ExecutorConfig``."""
+        options: Dict[str, Any] = {"num_cpus": config.cpu if config.cpu is not None else 1, "max_retries": 0}
+        if config.gpu:
+            options["num_gpus"] = config.gpu
+        if config.memory:
+            options["memory"] = config.memory
+        return options
+
+    def run_process_batch(
+        self,
+        step: ComputeStep,
+        ds: DataStore,
+        idx_count: int,
+        idx_gen: Iterable[IndexDF],
+        process_fn: ProcessFn,
+        run_config: Optional[RunConfig] = None,
+        executor_config: Optional[ExecutorConfig] = None,
+    ) -> ChangeList:
+        self._ensure_ray()
+        config = executor_config or ExecutorConfig()
+        parallelism = max(1, config.parallelism or 1)
+        run_config = run_config or RunConfig()
+        callback = run_config.callback
+        worker_rc = RunConfig(filters=run_config.filters, labels=run_config.labels, fail_fast=run_config.fail_fast)
+        token = uuid.uuid4().hex
+        ref = [ray.put((ds, process_fn))]  # wrapped in a list so Ray passes the reference, not the value
+        task = ray.remote(_run_batch).options(**self.task_options(config))
+
+        changes = ChangeList()
+        in_flight: Dict[Any, int] = {}
+        done = 0
+
+        def collect(wait_for_all: bool) -> None:
+            nonlocal done
+            while in_flight and (wait_for_all or len(in_flight) >= parallelism):
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                rows = in_flight.pop(ready[0])
+                try:
+                    batch, stats, errors = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as e:
+                    self._cancel(in_flight)
+                    cause = getattr(e, "cause", None)
+                    raise (cause if isinstance(cause, BaseException) else e) from None
+                except BaseException:
+                    self._cancel(in_flight)
+                    raise
+                done += 1
+                changes.extend(batch)
+                if callback is not None:
+                    for error in errors:
+                        callback.on_step_error(step, error)
+                    callback.on_step_progress(step, done, idx_count, rows=rows, **stats)
+
+        for idx in idx_gen:
+            collect(wait_for_all=False)
+            in_flight[task.remote(token, ref, idx, worker_rc)] = len(idx)
+        collect(wait_for_all=True)
+        return changes
+
+    @staticmethod
+    def _cancel(in_flight: Dict[Any, int]) -> None:
+        for pending in list(in_flight):
+            try:
+                ray.cancel(pending)
+            except Exception:  # noqa: BLE001 - best effort
+                logger.debug("could not cancel a Ray task", exc_info=True)
+        in_flight.clear()

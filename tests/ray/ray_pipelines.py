@@ -1,0 +1,47 @@
+"""Step functions and pipeline builders for the Ray tests (importable by Ray workers via PYTHONPATH)."""
+
+from typing import Dict, List
+
+import pandas as pd
+from sqlalchemy import Column, Integer, String
+
+from datapipe.compute import Catalog, ComputeStep, Pipeline, Table, build_compute
+from datapipe.datatable import DataStore
+from datapipe.executor import ExecutorConfig
+from datapipe.step.batch_transform import BatchTransform
+from datapipe.store.database import DBConn, TableStoreDB
+
+
+def schema() -> List[Column]:
+    return [Column("id", Integer, primary_key=True), Column("a", String)]
+
+
+def exclaim(df: pd.DataFrame) -> pd.DataFrame:
+    """1-to-1; raises for a row whose value is 'bad' (that batch fails)."""
+    if (df["a"] == "bad").any():
+        raise ValueError("bad value in batch")
+    return df.assign(a=df["a"] + "!")
+
+
+def evens_and_odds(df: pd.DataFrame):
+    """Two outputs; rows move between them when values change (deletes from the other)."""
+    n = df["a"].str.len()
+    return df[n % 2 == 0], df[n % 2 == 1]
+
+
+def build(ds: DataStore, dbconn: DBConn, prefix: str, parallelism: int = 3) -> Dict[str, object]:
+    """Tables ``<prefix>_inp/_out/_even/_odd`` and two steps, chunk_size 4."""
+    names = ["inp", "out", "even", "odd"]
+    catalog = Catalog({f"{prefix}_{n}": Table(TableStoreDB(dbconn, f"{prefix}_{n}", schema(), create_table=True))
+                       for n in names})
+    config = ExecutorConfig(cpu=0.5, parallelism=parallelism)
+    pipeline = Pipeline(
+        [
+            BatchTransform(exclaim, inputs=[f"{prefix}_inp"], outputs=[f"{prefix}_out"], chunk_size=4,
+                           name=f"{prefix}_exclaim", executor_config=config),
+            BatchTransform(evens_and_odds, inputs=[f"{prefix}_out"], outputs=[f"{prefix}_even", f"{prefix}_odd"],
+                           chunk_size=4, name=f"{prefix}_split", executor_config=config),
+        ]
+    )
+    steps: List[ComputeStep] = build_compute(ds, catalog, pipeline)
+    return {"steps": steps, "tables": {n: f"{prefix}_{n}" for n in names}}
