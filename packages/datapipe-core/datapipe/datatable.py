@@ -6,13 +6,15 @@ import logging
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 
+from datapipe.meta import keyset
 from datapipe.meta.sql_meta import TableMeta
 from datapipe.run_config import RunConfig
 from datapipe.store.database import DBConn
 from datapipe.store.table_store import TableStore
-from datapipe.types import DataDF, IndexDF, MetadataDF, index_difference
+from datapipe.types import DataDF, IndexDF, MetadataDF
 
 logger = logging.getLogger("datapipe.datatable")
 
@@ -91,46 +93,64 @@ class DataTable:
                     f"but the table's key type is {expected.__name__}"
                 )
 
-    def _merge_existing(self, keys_and_hash: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+    def _match_existing(self, df: pd.DataFrame, existing: pd.DataFrame) -> np.ndarray:
+        """Row number in ``existing`` of each row of ``df`` (by primary key), -1 when absent."""
         try:
-            return keys_and_hash.merge(existing, on=self.primary_keys, how="left", suffixes=("", "_old"))
-        except ValueError as e:
-            dtypes = {k: str(keys_and_hash[k].dtype) for k in self.primary_keys}
+            return keyset.positions(df, existing, self.primary_keys)
+        except (TypeError, ValueError) as e:
+            dtypes = {k: str(df[k].dtype) for k in self.primary_keys}
             stored = {k: str(existing[k].dtype) for k in self.primary_keys}
             raise ValueError(
                 f"table {self.name!r}: key types {dtypes} do not match the stored key types {stored}: {e}"
             ) from e
 
+    def _lookup(self, data_df: pd.DataFrame, processed_idx: Optional[IndexDF], full_keys: bool) -> pd.DataFrame:
+        """Stored metadata of the keys of ``data_df`` (and of ``processed_idx`` when it has every key column)."""
+        keys = self.primary_keys
+        idx = data_df[keys]
+        if full_keys and processed_idx is not None:
+            idx = pd.concat([idx, processed_idx[keys]], ignore_index=True)
+        if len(idx) == 0:
+            return pd.DataFrame(columns=[*keys, "hash", "create_ts", "delete_ts"])
+        return self.meta.lookup(IndexDF(idx))
+
     # ---------------------------------------------------------------- writes
 
-    def _write_rows(self, df: pd.DataFrame, now: float, write_store: bool = True) -> IndexDF:
-        """Write new/changed rows, confirm unchanged ones; return the keys that changed."""
+    def _write_rows(self, df: pd.DataFrame, now: float, write_store: bool, existing: pd.DataFrame) -> IndexDF:
+        """Write new/changed rows, confirm unchanged ones; return the keys that changed.
+
+        ``existing`` is the stored metadata (``TableMeta.lookup``) of at least the keys of ``df``.
+        """
         keys = self.primary_keys
-        hashes = self.table_store.hash_rows(DataDF(df))
-        frame = df[keys].assign(hash=hashes.to_numpy())
-        existing = self.meta.lookup(IndexDF(df[keys]))
-        merged = self._merge_existing(frame, existing)
-        is_new = merged["create_ts"].isna()
-        is_changed = is_new | merged["delete_ts"].notna() | (merged["hash_old"] != merged["hash"])
-        changed_mask = is_changed.to_numpy()
-        if write_store and changed_mask.any():
-            self.table_store.insert_rows(DataDF(df.loc[changed_mask]))
+        hashes = self.table_store.hash_rows(DataDF(df)).to_numpy()
+        pos = self._match_existing(df, existing)
+        alive = pos >= 0
+        if alive.any():
+            take = np.where(alive, pos, 0)
+            alive &= existing["delete_ts"].isna().to_numpy()[take]
+            changed_mask = ~alive | (existing["hash"].to_numpy()[take] != hashes)
+            create_ts = np.where(alive, existing["create_ts"].to_numpy()[take], now)
+        else:
+            changed_mask = np.ones(len(df), dtype=bool)
+            create_ts = np.full(len(df), now)
+        all_changed = bool(changed_mask.all())
+        changed_df = df if all_changed else df[changed_mask]
+        if write_store and len(changed_df):
+            self.table_store.insert_rows(DataDF(changed_df))
             if fault_hook is not None:
                 fault_hook("after_data_write", self)
-        changed = merged.loc[changed_mask]
         meta_cols = [c for c in self.meta.meta_keys if c in df.columns]
-        new_meta = changed[keys].assign(
-            hash=changed["hash"],
-            create_ts=changed["create_ts"].where(changed["delete_ts"].isna() & changed["create_ts"].notna(), now),
+        new_meta = changed_df[[*keys, *meta_cols]].assign(
+            hash=hashes[changed_mask],
+            create_ts=create_ts[changed_mask],
             update_ts=now,
             process_ts=now,
             delete_ts=None,
         )
-        for c in meta_cols:
-            new_meta[c] = df.loc[changed_mask, c].to_numpy()
         self.meta.upsert(new_meta)
-        self.meta.touch(IndexDF(merged.loc[~changed_mask, keys]), now)
-        return IndexDF(changed[keys].reset_index(drop=True))
+        if not all_changed:
+            self.meta.touch(IndexDF(df.loc[~changed_mask, keys]), now)
+        return IndexDF(changed_df[keys].reset_index(drop=True))
 
     def _delete_rows(self, idx: IndexDF, now: float, delete_store: bool = True) -> None:
         if len(idx) == 0:
@@ -152,12 +172,23 @@ class DataTable:
         """``store_chunk`` returning ``(changed_idx, deleted_idx)``; ``write_store=False`` updates metadata only."""
         now = time.time() if now is None else now
         data_df = self.check_chunk(data_df, context)
+        keys = self.primary_keys
+        has_processed = processed_idx is not None and len(processed_idx) > 0
+        full_keys = has_processed and all(k in processed_idx.columns for k in keys)  # type: ignore[union-attr]
         with self.meta_dbconn.transaction():
-            changed = self._write_rows(data_df, now, write_store) if len(data_df) else IndexDF(data_df[self.primary_keys])
-            deleted = IndexDF(data_df[self.primary_keys].iloc[0:0])
-            if processed_idx is not None and len(processed_idx):
-                existing = self.meta.get_existing_idx(processed_idx)
-                deleted = index_difference(existing, IndexDF(data_df[self.primary_keys]))
+            # one metadata read serves both change detection and the deletion of vanished rows
+            existing = self._lookup(data_df, processed_idx, full_keys) if len(data_df) or full_keys else None
+            changed = IndexDF(data_df[keys])
+            if len(data_df):
+                changed = self._write_rows(data_df, now, write_store, existing)  # type: ignore[arg-type]
+            deleted = IndexDF(data_df[keys].iloc[0:0])
+            if has_processed:
+                if full_keys:
+                    live = existing.loc[existing["delete_ts"].isna().to_numpy(), keys]  # type: ignore[union-attr]
+                    live = live[keyset.isin(live, processed_idx, keys)]  # type: ignore[arg-type]
+                else:
+                    live = self.meta.get_existing_idx(processed_idx)
+                deleted = IndexDF(live[~keyset.isin(live, data_df, keys)].reset_index(drop=True))
                 self._delete_rows(deleted, now, write_store)
         return changed, deleted
 

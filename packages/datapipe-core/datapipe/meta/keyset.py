@@ -1,0 +1,31 @@
+"""Vectorised set operations on key frames (hash-index lookups instead of DataFrame merges)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def key_index(df: pd.DataFrame, keys: Sequence[str]) -> pd.Index:
+    """An ``Index`` (one key column) or ``MultiIndex`` (several) over the key columns of ``df``."""
+    if len(keys) == 1:
+        return pd.Index(df[keys[0]])
+    return pd.MultiIndex.from_arrays([df[k] for k in keys], names=list(keys))
+
+
+def positions(needles: pd.DataFrame, haystack: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+    """For each row of ``needles``, its row number in ``haystack`` (unique keys), or -1."""
+    if len(haystack) == 0:
+        return np.full(len(needles), -1, dtype=np.intp)
+    return np.asarray(key_index(haystack, keys).get_indexer(key_index(needles, keys)))
+
+
+def isin(frame: pd.DataFrame, other: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+    """Boolean mask: which rows of ``frame`` have their key in ``other``."""
+    if len(other) == 0 or len(frame) == 0:
+        return np.zeros(len(frame), dtype=bool)
+    if len(keys) == 1:
+        return np.asarray(frame[keys[0]].isin(other[keys[0]]))
+    return np.asarray(key_index(frame, keys).isin(key_index(other, keys)))
