@@ -33,7 +33,7 @@ class ExtraRedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "ExtraRedisServer":
+    def start(self) -> ExtraRedisServer:
         import redis
 
         binary = shutil.which("redis-server")

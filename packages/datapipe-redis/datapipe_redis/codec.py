@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, List, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,18 +55,29 @@ def _objects(series: pd.Series) -> List[Any]:
     return series.astype(object).where(series.notna(), None).tolist()
 
 
+def _to_datetime(series: pd.Series, utc: bool) -> pd.Series:
+    """Timestamps of ``series``: UTC for timezone-aware columns; naive columns get aware values as naive UTC."""
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        stamps = pd.to_datetime(series, utc=utc, format="mixed")
+    else:
+        stamps = pd.to_datetime(series, utc=utc)
+    if not utc and getattr(stamps.dt, "tz", None) is not None:
+        stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    return stamps
+
+
 def encode_column(series: pd.Series, column: Column) -> List[Any]:
     """JSON-ready Python values of ``series`` for ``column``; raises ``ValueError`` on a bad type."""
     kind = column_kind(column)
     try:
         if kind == INT:
-            if series.dtype.kind in "iu":
+            if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
                 return series.tolist()
             return _objects(series.astype("Int64"))
         if kind == FLOAT:
             return _objects(series.astype("float64"))
         if kind == BOOL:
-            if series.dtype.kind == "b":
+            if isinstance(series.dtype, np.dtype) and series.dtype.kind == "b":
                 return series.tolist()
             return _objects(series.astype("boolean"))
         if kind == STR:
@@ -77,15 +88,17 @@ def encode_column(series: pd.Series, column: Column) -> List[Any]:
                 return values
             return [v if v is None else str(v) for v in values]
         if kind == DATETIME:
-            stamps = pd.to_datetime(series, utc=_is_tz(column))
+            stamps = _to_datetime(series, _is_tz(column))
             return [None if v is None else v.isoformat() for v in _objects(stamps)]
         if kind == DATE:
-            stamps = pd.to_datetime(series)
+            stamps = _to_datetime(series, False)
             return [None if v is None else v.date().isoformat() for v in _objects(stamps)]
         if kind == BYTES:
             return [None if v is None else base64.b64encode(bytes(v)).decode("ascii") for v in _objects(series)]
     except (TypeError, ValueError) as e:
-        raise ValueError(f"column {column.name!r} ({column.type}): cannot store values of dtype {series.dtype}: {e}") from e
+        raise ValueError(
+            f"column {column.name!r} ({column.type}): cannot store values of dtype {series.dtype}: {e}"
+        ) from e
     return _objects(series)
 
 
@@ -130,7 +143,7 @@ def decode_column(values: Sequence[Any], column: Column) -> pd.Series:
     return pd.Series(values)
 
 
-def decode_frame(columns: Dict[str, Sequence[Any]], schema: Sequence[Column]) -> pd.DataFrame:
+def decode_frame(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column]) -> pd.DataFrame:
     """A DataFrame with every column of ``schema`` in schema order; absent columns are null."""
     n = len(next(iter(columns.values()))) if columns else 0
     data = {}
