@@ -28,10 +28,12 @@ def schema(*keys):
 def build(url):
     dbconn = DBConn(url)
     ds = DataStore(dbconn, create_meta_table=True)
-    catalog = Catalog({
-        name: Table(TableStoreDB(dbconn, name, schema(*keys), create_table=True))
-        for name, keys in [("src", ["id"]), ("mid", ["id"]), ("fan", ["id", "k"])]
-    })
+    catalog = Catalog(
+        {
+            name: Table(TableStoreDB(dbconn, name, schema(*keys), create_table=True))
+            for name, keys in [("src", ["id"]), ("mid", ["id"]), ("fan", ["id", "k"])]
+        }
+    )
     kill_at = int(sys.argv[2]) if len(sys.argv) > 2 else -1
     batches = {"n": 0}
 
@@ -50,11 +52,13 @@ def build(url):
         parts = [df.assign(k=k, a=df["a"] + f"-{k}") for k in range(2)]
         return pd.concat(parts)[["id", "k", "a"]]
 
-    pipeline = Pipeline([
-        BatchGenerate(generate, outputs=["src"]),
-        BatchTransform(upper, ["src"], ["mid"], chunk_size=300),
-        BatchTransform(fan_out, ["mid"], ["fan"], chunk_size=300),
-    ])
+    pipeline = Pipeline(
+        [
+            BatchGenerate(generate, outputs=["src"]),
+            BatchTransform(upper, ["src"], ["mid"], chunk_size=300),
+            BatchTransform(fan_out, ["mid"], ["fan"], chunk_size=300),
+        ]
+    )
     return ds, build_compute(ds, catalog, pipeline)
 
 

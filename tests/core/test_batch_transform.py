@@ -4,8 +4,8 @@ from sqlalchemy import Column, Integer, String
 
 from datapipe.compute import Catalog, ComputeStep, Pipeline, Table, build_compute, run_steps
 from datapipe.datatable import DataStore
-from datapipe.run_config import RunConfig
 from datapipe.run_callback import RunCallback
+from datapipe.run_config import RunConfig
 from datapipe.step.batch_transform import BatchTransform, DatatableBatchTransform
 from datapipe.store.database import TableStoreDB
 from datapipe.tests.util import assert_datatable_equal, assert_df_equal
@@ -175,7 +175,9 @@ def test_cross_join_both_sides_deleted(ds, make_catalog):
     models.delete_by_idx(pd.DataFrame({"model_id": [2]}))
     images.delete_by_idx(pd.DataFrame({"image_id": [2]}))
     run_steps(ds, steps)
-    assert_df_equal(preds.get_data(), pd.DataFrame({"model_id": [1], "image_id": [1], "p": ["ax"]}), ["model_id", "image_id"])
+    assert_df_equal(
+        preds.get_data(), pd.DataFrame({"model_id": [1], "image_id": [1], "p": ["ax"]}), ["model_id", "image_id"]
+    )
 
 
 def test_required_input_is_inner_join(ds, make_catalog):
@@ -373,7 +375,9 @@ def test_filter_values_are_bound_not_formatted(ds, make_catalog):
 
 def test_step_filters(ds, make_catalog):
     catalog = make_catalog(inp=cols("id"), out=cols("id"))
-    steps = build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], filters=[{"id": 1}, {"id": 2}])]))
+    steps = build_compute(
+        ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], filters=[{"id": 1}, {"id": 2}])])
+    )
     ds.get_table("inp").store_chunk(rows(range(5)))
     run_steps(ds, steps)
     assert sorted(ds.get_table("out").get_data()["id"]) == [1, 2]
@@ -386,8 +390,13 @@ def test_step_names(ds, make_catalog):
     c = build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out2"])]))[0]
     assert a.name == b.name and a.name.startswith("bang_") and a.name != c.name
     with pytest.raises(ValueError, match="duplicate step names"):
-        build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], name="x"),
-                                            BatchTransform(bang, ["inp"], ["out2"], name="x")]))
+        build_compute(
+            ds,
+            catalog,
+            Pipeline(
+                [BatchTransform(bang, ["inp"], ["out"], name="x"), BatchTransform(bang, ["inp"], ["out2"], name="x")]
+            ),
+        )
 
 
 def test_unknown_table_and_missing_keys(ds, make_catalog):

@@ -20,7 +20,9 @@ def test_one_to_one(dbconn):
             "out": Table(TableStoreDB(dbconn, "out", schema(), create_table=True)),
         }
     )
-    pipeline = Pipeline([BatchTransform(lambda df: df.assign(a=df["a"] + "!"), inputs=["inp"], outputs=["out"], chunk_size=3)])
+    pipeline = Pipeline(
+        [BatchTransform(lambda df: df.assign(a=df["a"] + "!"), inputs=["inp"], outputs=["out"], chunk_size=3)]
+    )
     steps = build_compute(ds, catalog, pipeline)
     inp = ds.get_table("inp")
     inp.store_chunk(pd.DataFrame({"id": range(10), "a": [f"x{i}" for i in range(10)]}))

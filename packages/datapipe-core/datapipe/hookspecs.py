@@ -55,7 +55,7 @@ def datapipe_executors() -> Dict[str, Factory]:
 
 
 @hookspec
-def datapipe_run_callbacks() -> List["RunCallback"]:
+def datapipe_run_callbacks() -> List[RunCallback]:
     """Contribute run listeners (progress, metrics, notifications).
 
     Called at the start of every CLI run (unless ``--no-callbacks``). Return a list of
@@ -65,7 +65,7 @@ def datapipe_run_callbacks() -> List["RunCallback"]:
 
 
 @hookspec
-def datapipe_cli(cli: "click.Group") -> None:
+def datapipe_cli(cli: click.Group) -> None:
     """Add sub-commands to the ``datapipe`` command line.
 
     Called once when the CLI is built, with the root ``click.Group``; call ``cli.add_command``

@@ -106,7 +106,7 @@ class PluginRegistry:
         return PluginInfo(name, dist, version, module, store_kinds, executors)
 
     def list_plugins(self) -> List[PluginInfo]:
-        self.pm
+        self.pm  # noqa: B018 - loading the entry points fills self.plugins
         return list(self.plugins)
 
     def _merged(self, hook: str) -> Dict[str, Factory]:

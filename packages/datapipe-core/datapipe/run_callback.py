@@ -17,22 +17,22 @@ logger = logging.getLogger("datapipe.run_callback")
 
 
 class RunCallback:
-    def on_run_start(self, steps: Sequence["ComputeStep"]) -> None:
+    def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
         """Called once before the first step of a run, with every step that will run."""
 
-    def on_step_start(self, step: "ComputeStep", total: int = 0) -> None:
+    def on_step_start(self, step: ComputeStep, total: int = 0) -> None:
         """Called when a step starts; ``total`` is the number of batches it will process (0 if unknown)."""
 
-    def on_step_progress(self, step: "ComputeStep", completed: int, total: int, **stats: Any) -> None:
+    def on_step_progress(self, step: ComputeStep, completed: int, total: int, **stats: Any) -> None:
         """Called after each batch; ``completed`` of ``total`` batches are done.
 
         ``stats`` may carry ``rows`` (keys in the batch), ``changed``, ``deleted`` and ``failed``.
         """
 
-    def on_step_success(self, step: "ComputeStep") -> None:
+    def on_step_success(self, step: ComputeStep) -> None:
         """Called when a step has processed every batch (failed batches included)."""
 
-    def on_step_error(self, step: "ComputeStep", error: BaseException) -> None:
+    def on_step_error(self, step: ComputeStep, error: BaseException) -> None:
         """Called when a batch of a step fails, or the step itself fails."""
 
     def on_run_success(self) -> None:
@@ -55,19 +55,19 @@ class CompositeRunCallback(RunCallback):
             except Exception:  # noqa: BLE001 - a listener must never fail a run
                 logger.exception("run callback %r failed in %s", cb, method)
 
-    def on_run_start(self, steps: Sequence["ComputeStep"]) -> None:
+    def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
         self._each("on_run_start", steps)
 
-    def on_step_start(self, step: "ComputeStep", total: int = 0) -> None:
+    def on_step_start(self, step: ComputeStep, total: int = 0) -> None:
         self._each("on_step_start", step, total)
 
-    def on_step_progress(self, step: "ComputeStep", completed: int, total: int, **stats: Any) -> None:
+    def on_step_progress(self, step: ComputeStep, completed: int, total: int, **stats: Any) -> None:
         self._each("on_step_progress", step, completed, total, **stats)
 
-    def on_step_success(self, step: "ComputeStep") -> None:
+    def on_step_success(self, step: ComputeStep) -> None:
         self._each("on_step_success", step)
 
-    def on_step_error(self, step: "ComputeStep", error: BaseException) -> None:
+    def on_step_error(self, step: ComputeStep, error: BaseException) -> None:
         self._each("on_step_error", step, error)
 
     def on_run_success(self) -> None:

@@ -26,10 +26,10 @@ class RunConfig:
     filters: LabelDict = field(default_factory=dict)
     labels: LabelDict = field(default_factory=dict)
     fail_fast: bool = field(default_factory=lambda: settings.fail_fast)
-    callback: Optional["RunCallback"] = None
+    callback: Optional[RunCallback] = None
 
     @classmethod
-    def add_labels(cls, rc: Optional["RunConfig"], labels: LabelDict) -> "RunConfig":
+    def add_labels(cls, rc: Optional[RunConfig], labels: LabelDict) -> RunConfig:
         if rc is None:
             return RunConfig(labels=dict(labels))
         return RunConfig(

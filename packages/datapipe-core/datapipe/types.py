@@ -58,7 +58,7 @@ class ChangeList:
     changes: Dict[str, IndexDF] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, name: str, idx: IndexDF) -> "ChangeList":
+    def create(cls, name: str, idx: IndexDF) -> ChangeList:
         res = cls()
         res.append(name, idx)
         return res
@@ -72,7 +72,7 @@ class ChangeList:
         else:
             self.changes[table_name] = IndexDF(idx.drop_duplicates(ignore_index=True))
 
-    def extend(self, other: "ChangeList") -> None:
+    def extend(self, other: ChangeList) -> None:
         for key, idx in other.changes.items():
             self.append(key, idx)
 

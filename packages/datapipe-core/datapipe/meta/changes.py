@@ -34,7 +34,9 @@ class InputKeys:
 WhereFn = Callable[[Any], Any]  # metadata-table alias -> WHERE clause selecting changed rows
 
 
-def input_key_columns(meta: TableMeta, transform_keys: Sequence[str], renames: Optional[Dict[str, str]]) -> Dict[str, str]:
+def input_key_columns(
+    meta: TableMeta, transform_keys: Sequence[str], renames: Optional[Dict[str, str]]
+) -> Dict[str, str]:
     """Transform keys available in an input, mapped to its metadata columns."""
     renames = renames or {}
     available = set(meta.primary_keys) | set(meta.meta_keys)

@@ -43,7 +43,8 @@ def do_batch_generate(
                     f"for {len(output_dts)} output(s) {[dt.name for dt in output_dts]} (chunk {n})"
                 )
             for frame, dt in zip(frames, output_dts):
-                changed, _ = dt.store_chunk_changes(frame, now=time.time(), context=f"generator chunk {n} for table {dt.name!r}")
+                context = f"generator chunk {n} for table {dt.name!r}"
+                changed, _ = dt.store_chunk_changes(frame, now=time.time(), context=context)
                 changes.append(dt.name, changed)
     except Exception:
         logger.exception("generator %s failed; stale rows are kept", getattr(func, "__name__", func))

@@ -64,7 +64,7 @@ class PostgresServer:
         if res.returncode != 0:
             raise ServiceUnavailable(f"{' '.join(args[:2])} failed: {res.stderr.strip() or res.stdout.strip()}")
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         initdb, pg_ctl = _find_binary("initdb"), _find_binary("pg_ctl")
         if not initdb or not pg_ctl:
             raise ServiceUnavailable("PostgreSQL binaries (initdb, pg_ctl) are not installed")
@@ -122,7 +122,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if not binary:
             raise ServiceUnavailable("redis-server is not installed (apt-get install redis-server)")

@@ -29,12 +29,12 @@ def assert_df_equal(a: pd.DataFrame, b: pd.DataFrame, index_cols: Optional[List[
     return True
 
 
-def assert_datatable_equal(dt: "DataTable", df: pd.DataFrame) -> bool:
+def assert_datatable_equal(dt: DataTable, df: pd.DataFrame) -> bool:
     """The table's data equals ``df`` (compared by the table's primary keys)."""
     return assert_df_equal(dt.get_data(), df, index_cols=dt.primary_keys)
 
 
-def assert_ts_contains(dt: "DataTable", df: pd.DataFrame) -> bool:
+def assert_ts_contains(dt: DataTable, df: pd.DataFrame) -> bool:
     """Every row of ``df`` is in the table's data."""
     keys = dt.primary_keys
     data = dt.get_data(IndexDF(df[keys]))
