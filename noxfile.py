@@ -61,3 +61,11 @@ def ray(session: nox.Session) -> None:
     """RayExecutor on a local 2-CPU Ray: results and metadata equal the single-thread run."""
     install_core(session, "ray,postgres")
     session.run("pytest", "tests/ray", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks vs the bare-driver floor (not a default session): `nox -s bench -- --sizes 100000 --db sqlite`."""
+    install_core(session, "postgres")
+    session.install("matplotlib")
+    session.run("python", "benchmarks/run.py", *session.posargs)

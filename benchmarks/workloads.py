@@ -1,0 +1,290 @@
+"""The measured work: Datapipe phases and the same work done with the bare database driver.
+
+Each function here runs inside a fresh worker process (see ``run.py``) so that peak RSS is per
+phase group and no state leaks between measurements. Every function returns a dict of floats.
+"""
+
+from __future__ import annotations
+
+import resource
+import sqlite3
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Column, Integer, String
+
+CHANGE_FRACTION = 0.01
+NOOP_REPEATS = 5
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def input_frame(n: int, start: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(start)
+    ids = np.arange(start, start + n)
+    return pd.DataFrame({"id": ids, "x": rng.integers(0, 1000, n), "s": [f"row-{i}" for i in ids]})
+
+
+# ------------------------------------------------------------------------------------- Datapipe
+
+
+def _one_input_pipeline(url: str, chunk_size: int) -> Tuple[Any, List[Any]]:
+    from datapipe.compute import Catalog, Pipeline, Table, build_compute
+    from datapipe.datatable import DataStore
+    from datapipe.step.batch_transform import BatchTransform
+    from datapipe.store.database import DBConn, TableStoreDB
+
+    dbconn = DBConn(url)
+    ds = DataStore(dbconn, create_meta_table=True)
+
+    def schema() -> List[Column]:
+        return [Column("id", Integer, primary_key=True), Column("x", Integer), Column("s", String)]
+
+    catalog = Catalog(
+        {
+            "inp": Table(store=TableStoreDB(dbconn, "bench_inp", schema(), create_table=True)),
+            "out": Table(store=TableStoreDB(dbconn, "bench_out", schema(), create_table=True)),
+        }
+    )
+
+    def double(df: pd.DataFrame) -> pd.DataFrame:
+        return df.assign(x=df["x"] * 2)
+
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(double, inputs=["inp"], outputs=["out"],
+                                                                chunk_size=chunk_size, name="double")]))
+    return ds, steps
+
+
+def dp_load(url: str, n: int, chunk_size: int) -> Dict[str, float]:
+    ds, _ = _one_input_pipeline(url, chunk_size)
+    inp = ds.get_table("inp")
+    df = input_frame(n)
+    step = 10_000
+
+    def load() -> None:
+        for i in range(0, n, step):
+            inp.store_chunk(df.iloc[i : i + step])
+
+    return {"load": timed(load)}
+
+
+def dp_first_run(url: str, n: int, chunk_size: int) -> Dict[str, float]:
+    from datapipe.compute import run_steps
+
+    ds, steps = _one_input_pipeline(url, chunk_size)
+    rss_before = peak_rss_mib()
+    elapsed = timed(lambda: run_steps(ds, steps))
+    size = ds.get_table("out").get_size()
+    if size != n:
+        raise AssertionError(f"first run wrote {size} rows, expected {n}")
+    return {"first_run": elapsed, "peak_rss_mib": peak_rss_mib(), "rss_before_run_mib": rss_before}
+
+
+def dp_reruns(url: str, n: int, chunk_size: int) -> Dict[str, float]:
+    from datapipe.compute import run_steps
+
+    ds, steps = _one_input_pipeline(url, chunk_size)
+    inp, out = ds.get_table("inp"), ds.get_table("out")
+    noop = sorted(timed(lambda: run_steps(ds, steps)) for _ in range(NOOP_REPEATS))
+    k = max(1, int(n * CHANGE_FRACTION))
+    changed = input_frame(k)
+    changed["x"] = changed["x"] + 1
+    inp.store_chunk(changed)
+    t_changed = timed(lambda: run_steps(ds, steps))
+    got = out.get_data(changed[["id"]])
+    if not (got.set_index("id").loc[changed["id"], "x"].to_numpy() == changed["x"].to_numpy() * 2).all():
+        raise AssertionError("1% change was not propagated")
+    deleted = pd.DataFrame({"id": np.arange(k, 2 * k)})
+    inp.delete_by_idx(deleted)
+    t_deleted = timed(lambda: run_steps(ds, steps))
+    if out.get_size() != n - k:
+        raise AssertionError(f"1% delete was not propagated: {out.get_size()} rows, expected {n - k}")
+    return {"noop_rerun": noop[len(noop) // 2], "rerun_1pct_changed": t_changed, "rerun_1pct_deleted": t_deleted}
+
+
+def dp_cross(url: str, side: int, chunk_size: int) -> Dict[str, float]:
+    """models(model_id) x images(image_id) -> scores(model_id, image_id); then 1% of images change."""
+    from datapipe.compute import Catalog, Pipeline, Table, build_compute, run_steps
+    from datapipe.datatable import DataStore
+    from datapipe.step.batch_transform import BatchTransform
+    from datapipe.store.database import DBConn, TableStoreDB
+
+    dbconn = DBConn(url)
+    ds = DataStore(dbconn, create_meta_table=True)
+    catalog = Catalog(
+        {
+            "models": Table(store=TableStoreDB(dbconn, "x_models", [Column("model_id", Integer, primary_key=True),
+                                                                    Column("w", Integer)], create_table=True)),
+            "images": Table(store=TableStoreDB(dbconn, "x_images", [Column("image_id", Integer, primary_key=True),
+                                                                    Column("v", Integer)], create_table=True)),
+            "scores": Table(store=TableStoreDB(dbconn, "x_scores", [Column("model_id", Integer, primary_key=True),
+                                                                    Column("image_id", Integer, primary_key=True),
+                                                                    Column("score", Integer)], create_table=True)),
+        }
+    )
+
+    def score(models: pd.DataFrame, images: pd.DataFrame, idx: pd.DataFrame) -> pd.DataFrame:
+        df = idx.merge(models, on="model_id").merge(images, on="image_id")
+        return df.assign(score=df["w"] * df["v"])[["model_id", "image_id", "score"]]
+
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(score, inputs=["models", "images"],
+                                                                outputs=["scores"], chunk_size=chunk_size,
+                                                                name="cross")]))
+    ids = np.arange(side)
+    ds.get_table("models").store_chunk(pd.DataFrame({"model_id": ids, "w": ids % 7}))
+    ds.get_table("images").store_chunk(pd.DataFrame({"image_id": ids, "v": ids % 11}))
+    first = timed(lambda: run_steps(ds, steps))
+    if ds.get_table("scores").get_size() != side * side:
+        raise AssertionError("cross join first run is incomplete")
+    k = max(1, int(side * CHANGE_FRACTION))
+    ds.get_table("images").store_chunk(pd.DataFrame({"image_id": ids[:k], "v": ids[:k] % 11 + 1}))
+    rerun = timed(lambda: run_steps(ds, steps))
+    return {"cross_first_run": first, "cross_rerun_1pct_side": rerun}
+
+
+# ------------------------------------------------------------------------------------- bare driver
+
+
+class Raw:
+    """A bare DB-API connection (sqlite3 or psycopg 3) and the primitive operations of a run."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite"):
+            self.con: Any = sqlite3.connect(url.split("///", 1)[1])
+            self.con.execute("PRAGMA journal_mode=WAL")
+            self.con.execute("PRAGMA synchronous=NORMAL")
+            self.ph, self.pg = "?", False
+        else:
+            import psycopg
+
+            dsn = url.replace("postgresql+psycopg://", "postgresql://")
+            self.con = psycopg.connect(dsn)
+            self.ph, self.pg = "%s", True
+        self.cur = self.con.cursor()
+        self.n_tables = 0
+
+    def fresh_tables(self) -> Tuple[str, str]:
+        self.n_tables += 1
+        data, meta = f"raw_data_{self.n_tables}", f"raw_meta_{self.n_tables}"
+        for t in (data, meta):
+            self.cur.execute(f"DROP TABLE IF EXISTS {t}")
+        self.cur.execute(f"CREATE TABLE {data} (id INTEGER PRIMARY KEY, x INTEGER, s TEXT)")
+        self.cur.execute(
+            f"CREATE TABLE {meta} (id INTEGER PRIMARY KEY, hash BIGINT, create_ts FLOAT, update_ts FLOAT, "
+            "process_ts FLOAT, delete_ts FLOAT)"
+        )
+        self.con.commit()
+        return data, meta
+
+    def write(self, table: str, rows: Sequence[Tuple[Any, ...]]) -> float:
+        """Insert ``rows`` (executemany on SQLite, COPY on PostgreSQL) and commit."""
+        t = time.perf_counter()
+        width = len(rows[0])
+        if self.pg:
+            with self.cur.copy(f"COPY {table} FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+        else:
+            self.cur.executemany(f"INSERT INTO {table} VALUES ({','.join([self.ph] * width)})", rows)
+        self.con.commit()
+        return time.perf_counter() - t
+
+    def read_all(self, table: str) -> float:
+        t = time.perf_counter()
+        self.cur.execute(f"SELECT id, x, s FROM {table}")
+        self.cur.fetchall()
+        return time.perf_counter() - t
+
+    def read_keys(self, table: str, ids: List[int]) -> float:
+        t = time.perf_counter()
+        if self.pg:
+            self.cur.execute(f"SELECT id, x, s FROM {table} WHERE id = ANY(%s)", (ids,))
+        else:
+            self.cur.execute(f"SELECT id, x, s FROM {table} WHERE id IN (SELECT value FROM json_each(?))",
+                             (str(ids),))
+        self.cur.fetchall()
+        return time.perf_counter() - t
+
+    def delete_keys(self, table: str, ids: List[int]) -> float:
+        t = time.perf_counter()
+        self.cur.executemany(f"DELETE FROM {table} WHERE id = {self.ph}", [(i,) for i in ids])
+        self.con.commit()
+        return time.perf_counter() - t
+
+    def noop_query(self, table: str) -> float:
+        """The least a no-op run must do: one indexed lookup of the newest change."""
+        t = time.perf_counter()
+        self.cur.execute(f"SELECT max(update_ts) FROM {table}")
+        self.cur.fetchall()
+        return time.perf_counter() - t
+
+
+def _rows(n: int, start: int = 0) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any, ...]]]:
+    df = input_frame(n, start)
+    data = list(zip(df["id"].tolist(), df["x"].tolist(), df["s"].tolist()))
+    meta = [(i, 0, 1.0, 1.0, 1.0, None) for i in df["id"].tolist()]
+    return data, meta
+
+
+def raw_floor(url: str, n: int, side: int) -> Dict[str, float]:
+    """Bare-driver time for the same work as each Datapipe phase (the floor)."""
+    raw = Raw(url)
+    data, meta = _rows(n)
+    src, src_meta = raw.fresh_tables()
+    res: Dict[str, float] = {}
+    res["load"] = raw.write(src, data) + raw.write(src_meta, meta)
+    # first run: read the input once, write the output and two metadata rows per record
+    out, out_meta = raw.fresh_tables()
+    _, step_meta = raw.fresh_tables()
+    res["first_run"] = raw.read_all(src) + raw.write(out, data) + raw.write(out_meta, meta) + raw.write(step_meta, meta)
+    res["noop_rerun"] = raw.noop_query(src_meta)
+    # 1% changed: read those rows by key, write them and two metadata rows each
+    k = max(1, int(n * CHANGE_FRACTION))
+    kdata, kmeta = _rows(k, n)
+    o, om = raw.fresh_tables()
+    _, sm = raw.fresh_tables()
+    ids = [r[0] for r in data[:k]]
+    res["rerun_1pct_changed"] = raw.read_keys(src, ids) + raw.write(o, kdata) + raw.write(om, kmeta) + raw.write(sm, kmeta)
+    # 1% deleted: delete the output rows, write two metadata rows each (tombstone, step state)
+    om2 = raw.fresh_tables()[1]
+    sm2 = raw.fresh_tables()[1]
+    res["rerun_1pct_deleted"] = raw.delete_keys(out, ids) + raw.write(om2, kmeta) + raw.write(sm2, kmeta)
+    if side:
+        pairs = side * side
+        pdata, pmeta = _rows(pairs)
+        xo, xom = raw.fresh_tables()
+        _, xsm = raw.fresh_tables()
+        res["cross_first_run"] = (
+            2 * raw.read_keys(src, list(range(side))) + raw.write(xo, pdata) + raw.write(xom, pmeta)
+            + raw.write(xsm, pmeta)
+        )
+        kp = max(1, int(side * CHANGE_FRACTION)) * side
+        kpdata, kpmeta = _rows(kp, pairs)
+        yo, yom = raw.fresh_tables()
+        _, ysm = raw.fresh_tables()
+        res["cross_rerun_1pct_side"] = (
+            raw.read_keys(src, list(range(side))) + raw.write(yo, kpdata) + raw.write(yom, kpmeta)
+            + raw.write(ysm, kpmeta)
+        )
+    raw.con.close()
+    return res
+
+
+WORKERS: Dict[str, Callable[..., Dict[str, float]]] = {
+    "dp_load": dp_load,
+    "dp_first_run": dp_first_run,
+    "dp_reruns": dp_reruns,
+    "dp_cross": dp_cross,
+    "raw_floor": raw_floor,
+}
