@@ -185,7 +185,9 @@ class AbstractBaseStoreTests:
         schema += [Column(c, COLUMN_TYPES[k]) for c, k in kinds.items() if c != "id"]
         return schema, kinds
 
-    def make_df(self, kinds: Dict[str, str], keys: Sequence[str], n: int, offset: int = 0, salt: str = "") -> pd.DataFrame:
+    def make_df(
+        self, kinds: Dict[str, str], keys: Sequence[str], n: int, offset: int = 0, salt: str = ""
+    ) -> pd.DataFrame:
         """``n`` rows for columns ``kinds``; key columns get distinct values, data columns depend on ``salt``."""
         cols = {c: make_values(k, n, offset, "" if c in keys else salt) for c, k in kinds.items()}
         return _frame(cols)
@@ -196,7 +198,9 @@ class AbstractBaseStoreTests:
             return store.read_rows()
         return store.read_rows(IndexDF(expected_keys))
 
-    def assert_rows(self, actual: pd.DataFrame, expected: pd.DataFrame, kinds: Dict[str, str], keys: Sequence[str]) -> None:
+    def assert_rows(
+        self, actual: pd.DataFrame, expected: pd.DataFrame, kinds: Dict[str, str], keys: Sequence[str]
+    ) -> None:
         """``actual`` holds exactly the rows of ``expected`` (any order, compared by type ``kinds``)."""
         assert set(actual.columns) == set(expected.columns), (
             f"columns differ: read {sorted(actual.columns)}, expected {sorted(expected.columns)}"
@@ -428,7 +432,8 @@ class AbstractBaseStoreTests:
         got = self.read_all(store, df[["id"]])
         self.assert_rows(got, df, kinds, ["id"])
         if kind == "int":
-            assert pd.api.types.is_integer_dtype(got["col"]) or all(isinstance(v, (int, np.integer)) for v in got["col"])
+            ints = all(isinstance(v, (int, np.integer)) for v in got["col"])
+            assert pd.api.types.is_integer_dtype(got["col"]) or ints, f"int column read back as {got['col'].dtype}"
         if kind == "datetime":
             assert all(isinstance(v, (_dt.datetime, np.datetime64)) for v in got["col"]), got["col"].tolist()
 
