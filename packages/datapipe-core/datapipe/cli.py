@@ -84,7 +84,7 @@ class CliContext:
     @property
     def app(self) -> DatapipeApp:
         if self._app is None:
-            self._app = load_app(self.pipeline)
+            self._app = load_app(self.pipeline, debug=self.debug)
         return self._app
 
     def executor(self) -> Optional[Executor]:
@@ -106,8 +106,11 @@ class CliContext:
         return CompositeRunCallback(callbacks)
 
 
-def load_app(spec: str) -> DatapipeApp:
-    """Import ``module.path:attribute`` (cwd on ``sys.path``) and return the ``DatapipeApp``."""
+def load_app(spec: str, debug: bool = False) -> DatapipeApp:
+    """Import ``module.path:attribute`` (cwd on ``sys.path``) and return the ``DatapipeApp``.
+
+    Errors become one-line ``CliError``/``CliUsageError``; with ``debug`` the original exception propagates.
+    """
     module_name, _, attr = spec.partition(":")
     attr = attr or "app"
     if not module_name:
@@ -117,6 +120,8 @@ def load_app(spec: str) -> DatapipeApp:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
+        if debug:
+            raise
         if e.name is not None and module_name.startswith(e.name):
             raise CliUsageError(
                 f"--pipeline {spec!r}: cannot import module {module_name!r} from {os.getcwd()} ({e})"
@@ -125,6 +130,8 @@ def load_app(spec: str) -> DatapipeApp:
     except click.ClickException:
         raise
     except Exception as e:
+        if debug:
+            raise
         raise CliError(f"--pipeline {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from e
     if not hasattr(module, attr):
         raise CliUsageError(f"--pipeline {spec!r}: module {module_name!r} has no attribute {attr!r}")
@@ -210,6 +217,34 @@ class DatapipeGroup(click.Group):
             raise CliError(_one_line(e)) from e
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records as one line, passwords masked; tracebacks only with ``--debug``."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.debug:
+            return mask_text(super().format(record))
+        return mask_text(self.formatMessage(_with_message(record)).splitlines()[0])
+
+
+def _with_message(record: logging.LogRecord) -> logging.LogRecord:
+    record.message = record.getMessage()
+    return record
+
+
+def _configure_logging(debug: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter(debug))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h.formatter, _OneLineFormatter)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 @click.group(cls=DatapipeGroup)
 @click.option(
     "--pipeline",
@@ -225,9 +260,7 @@ class DatapipeGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, pipeline: str, executor_name: Optional[str], debug: bool, no_callbacks: bool) -> None:
     """Datapipe: durable, incremental batch processing."""
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(debug)
     ctx.obj = CliContext(pipeline, executor_name, debug, no_callbacks)
 
 
@@ -511,6 +544,10 @@ def _node_id(prefix: str, name: str) -> str:
     return prefix + re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
+def _label(text: str) -> str:
+    return text.replace('"', "#quot;")
+
+
 def mermaid(steps: Sequence[ComputeStep]) -> str:
     """The pipeline as a Mermaid flowchart: tables as cylinders, steps as boxes."""
     lines = ["flowchart LR"]
@@ -518,8 +555,8 @@ def mermaid(steps: Sequence[ComputeStep]) -> str:
     for s in steps:
         for c in [*s.input_dts, *s.output_dts]:
             tables.setdefault(c.name)
-    lines += [f"    {_node_id('t_', t)}[({t})]" for t in tables]
-    lines += [f"    {_node_id('s_', s.name)}[[{s.name}]]" for s in steps]
+    lines += [f'    {_node_id("t_", t)}[("{_label(t)}")]' for t in tables]
+    lines += [f'    {_node_id("s_", s.name)}[["{_label(s.name)}"]]' for s in steps]
     for s in steps:
         lines += [f"    {_node_id('t_', ci.name)} --> {_node_id('s_', s.name)}" for ci in s.input_dts]
         lines += [f"    {_node_id('s_', s.name)} --> {_node_id('t_', co.name)}" for co in s.output_dts]
