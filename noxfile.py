@@ -51,8 +51,8 @@ def milvus(session: nox.Session) -> None:
 
 @nox.session
 def cli(session: nox.Session) -> None:
-    """The `datapipe` command line and the progress display (SQLite)."""
-    install_core(session, "")
+    """The `datapipe` command line and the progress display (SQLite; psycopg for the unreachable-DB case)."""
+    install_core(session, "postgres")
     session.run("pytest", "tests/cli", *session.posargs)
 
 
