@@ -8,7 +8,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray"]
+nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins"]
 
 CORE = "./packages/datapipe-core"
 TEST_DEPS = ["pytest>=8", "pytest-timeout"]
@@ -64,8 +64,32 @@ def ray(session: nox.Session) -> None:
 
 
 @nox.session
+def redis(session: nox.Session) -> None:
+    """datapipe-redis against a throwaway redis-server (or REDIS_URL), plain and one-node cluster."""
+    install_core(session)
+    session.install("-e", "./packages/datapipe-redis")
+    session.run("pytest", "tests/redis", *session.posargs)
+
+
+@nox.session
+def elastic(session: nox.Session) -> None:
+    """datapipe-elastic: pure unit tests always; store tests against ELASTICSEARCH_URL (skipped without it)."""
+    install_core(session)
+    session.install("-e", "./packages/datapipe-elastic")
+    session.run("pytest", "tests/elastic", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks vs the bare-driver floor (not a default session): `nox -s bench -- --sizes 100000 --db sqlite`."""
     install_core(session, "postgres")
     session.install("matplotlib")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def plugins(session: nox.Session) -> None:
+    """Plugin discovery: core + the example and the broken third-party plugins, installed as distributions."""
+    install_core(session)
+    session.install("--force-reinstall", "--no-deps", "./tests/plugin_example", "./tests/plugin_broken")
+    session.run("pytest", "tests/plugins", *session.posargs)
