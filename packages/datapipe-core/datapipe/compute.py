@@ -189,8 +189,8 @@ class Pipeline:
 def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> List[ComputeStep]:
     """Bind every pipeline step; raises ``ValueError`` on duplicate step names."""
     steps: List[ComputeStep] = []
-    for step in pipeline.steps:
-        steps.extend(step.build_compute(ds, catalog))
+    for declared in pipeline.steps:
+        steps.extend(declared.build_compute(ds, catalog))
     seen: Dict[str, int] = {}
     for step in steps:
         seen[step.name] = seen.get(step.name, 0) + 1

@@ -6,8 +6,8 @@ a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata col
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NewType, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeAlias, Union
 
 import pandas as pd
 from sqlalchemy import Column
@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 DataSchema = List[Column]
 MetaSchema = List[Column]
 
-IndexDF = NewType("IndexDF", pd.DataFrame)
-DataDF = NewType("DataDF", pd.DataFrame)
-MetadataDF = NewType("MetadataDF", pd.DataFrame)
-HashDF = NewType("HashDF", pd.DataFrame)
+# Aliases, not distinct types: any DataFrame with the right columns is accepted.
+IndexDF: TypeAlias = pd.DataFrame
+DataDF: TypeAlias = pd.DataFrame
+MetadataDF: TypeAlias = pd.DataFrame
+HashDF: TypeAlias = pd.DataFrame
 
 Labels = List[Tuple[str, str]]
 TransformResult = Union[pd.DataFrame, List[pd.DataFrame], Tuple[pd.DataFrame, ...]]
@@ -51,11 +52,31 @@ class OutputSpec:
     keys: Optional[Dict[str, str]] = None
 
 
-@dataclass
 class ChangeList:
-    """Changed keys per table name, as produced by a run and consumed by ``run_changelist``."""
+    """Changed keys per table name, as produced by a run and consumed by ``run_changelist``.
 
-    changes: Dict[str, IndexDF] = field(default_factory=dict)
+    ``append`` only collects parts; they are concatenated and de-duplicated when ``changes`` is
+    read, so gathering the changes of a run with thousands of batches stays linear.
+    """
+
+    def __init__(self, changes: Optional[Dict[str, IndexDF]] = None) -> None:
+        self._changes: Dict[str, IndexDF] = dict(changes or {})
+        self._parts: Dict[str, List[IndexDF]] = {}
+
+    def __repr__(self) -> str:
+        return f"ChangeList({ {k: len(v) for k, v in self.changes.items()} })"
+
+    @property
+    def changes(self) -> Dict[str, IndexDF]:
+        """Table name -> distinct changed keys."""
+        if self._parts:
+            for name, parts in self._parts.items():
+                if name in self._changes:
+                    parts = [self._changes[name], *parts]
+                merged = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+                self._changes[name] = IndexDF(merged.drop_duplicates(ignore_index=True))
+            self._parts = {}
+        return self._changes
 
     @classmethod
     def create(cls, name: str, idx: IndexDF) -> ChangeList:
@@ -66,18 +87,17 @@ class ChangeList:
     def append(self, table_name: str, idx: IndexDF) -> None:
         if len(idx) == 0:
             return
-        if table_name in self.changes:
-            merged = pd.concat([self.changes[table_name], idx], ignore_index=True)
-            self.changes[table_name] = IndexDF(merged.drop_duplicates(ignore_index=True))
-        else:
-            self.changes[table_name] = IndexDF(idx.drop_duplicates(ignore_index=True))
+        self._parts.setdefault(table_name, []).append(idx)
 
     def extend(self, other: ChangeList) -> None:
-        for key, idx in other.changes.items():
+        for key, idx in other._changes.items():
             self.append(key, idx)
+        for key, parts in other._parts.items():
+            for idx in parts:
+                self.append(key, idx)
 
     def empty(self) -> bool:
-        return len(self.changes) == 0
+        return not self._changes and not self._parts
 
 
 def data_to_index(data: pd.DataFrame, primary_keys: List[str]) -> IndexDF:

@@ -11,7 +11,7 @@ processed after the change are dropped; keys whose last attempt failed are added
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import pandas as pd
 from sqlalchemy import and_, exists, false, literal, or_, select, true, union_all
@@ -179,7 +179,7 @@ class ChangeQuery:
             wheres[n] = where
         return wheres
 
-    def changelist_wheres(self, changes: Dict[str, pd.DataFrame]) -> Dict[int, WhereFn]:
+    def changelist_wheres(self, changes: Mapping[str, pd.DataFrame]) -> Dict[int, WhereFn]:
         """Changed rows given by key, per input name."""
         wheres: Dict[int, WhereFn] = {}
         for n, inp in enumerate(self.inputs):

@@ -78,7 +78,7 @@ def compute_transform_schema(
             )
     else:
         keys = list(transform_keys)
-    types = {}
+    types: Dict[str, Any] = {}
     for k, col in [*in_cols, *meta_cols, *out_cols]:
         types.setdefault(k, col.type)
     unknown = [k for k in keys if k not in types]
@@ -93,7 +93,7 @@ def normalise_filters(filters: Filters) -> List[LabelDict]:
     if callable(filters):
         filters = filters()
     if isinstance(filters, pd.DataFrame):
-        return filters.to_dict("records")
+        return [{str(k): v for k, v in r.items()} for r in filters.to_dict("records")]
     if isinstance(filters, dict):
         return [filters] if filters else []
     return list(filters)  # type: ignore[arg-type]
