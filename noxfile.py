@@ -8,7 +8,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic"]
+nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins"]
 
 CORE = "./packages/datapipe-core"
 TEST_DEPS = ["pytest>=8", "pytest-timeout"]
@@ -86,3 +86,10 @@ def bench(session: nox.Session) -> None:
     session.install("matplotlib")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
+
+@nox.session
+def plugins(session: nox.Session) -> None:
+    """Plugin discovery: core + the example and the broken third-party plugins, installed as distributions."""
+    install_core(session)
+    session.install("--force-reinstall", "--no-deps", "./tests/plugin_example", "./tests/plugin_broken")
+    session.run("pytest", "tests/plugins", *session.posargs)

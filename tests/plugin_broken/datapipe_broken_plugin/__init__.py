@@ -1,0 +1,1 @@
+"""A Datapipe plugin whose entry point cannot be imported (used to test error reporting)."""
