@@ -326,10 +326,15 @@ class ElasticStore(TableStore):
             return DataDF(empty_frame(self.data_sql_schema))
         self._check_columns(idx, keys_only=True)
         ids = list(dict.fromkeys(self.document_ids(idx)))
+        from elasticsearch import NotFoundError
+
         sources: List[Mapping[str, Any]] = []
         with self._errors(f"reading {len(ids)} documents"):
             for start in range(0, len(ids), MGET_CHUNK):
-                resp = self.client.mget(index=self.index, ids=ids[start : start + MGET_CHUNK])
+                try:
+                    resp = self.client.mget(index=self.index, ids=ids[start : start + MGET_CHUNK])
+                except NotFoundError:  # the index does not exist (yet): no rows
+                    break
                 sources.extend(self._found_sources(resp["docs"]))
         return self.rows_from_documents(sources)
 
