@@ -105,3 +105,19 @@ def test_timestamps_default_to_now(dt):
     before = time.time()
     dt.store_chunk(df([1]))
     assert dt.get_metadata()["update_ts"].iloc[0] >= before
+
+
+def test_meta_key_columns_are_copied_into_metadata(ds, dbconn):
+    from datapipe.store.database import MetaKey
+
+    store = TableStoreDB(
+        dbconn,
+        "with_meta",
+        [Column("id", Integer, primary_key=True), Column("owner", Integer, MetaKey()), Column("a", String)],
+        create_table=True,
+    )
+    assert [c.name for c in store.get_meta_schema()] == ["owner"]
+    table = ds.create_table("with_meta", store)
+    table.store_chunk(pd.DataFrame({"id": [1, 2], "owner": [10, 20], "a": ["x", "y"]}))
+    meta = table.get_metadata().set_index("id")
+    assert meta.loc[1, "owner"] == 10 and meta.loc[2, "owner"] == 20

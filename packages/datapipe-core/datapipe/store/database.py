@@ -44,6 +44,14 @@ class MetaKey(SchemaItem):
         parent.meta_key = self
 
 
+def copy_column(col: Column) -> Column:
+    """A copy of ``col`` not bound to any table, keeping its ``MetaKey`` mark."""
+    new = col._copy()
+    if hasattr(col, "meta_key"):
+        new.meta_key = col.meta_key  # type: ignore[attr-defined]
+    return new
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***``; safe for logs and CLI output."""
     try:
@@ -163,7 +171,7 @@ class DBConn:
             key = name if name in self.sqla_metadata.tables else f"{self.schema}.{name}"
             table = self.sqla_metadata.tables[key]
         else:
-            table = Table(name, self.sqla_metadata, *[c._copy() for c in columns], *indexes)
+            table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes)
         if create:
             with self.begin() as con:
                 table.create(con, checkfirst=True)
@@ -251,12 +259,12 @@ class TableStoreDB(TableStore):
         if orm_table is not None:
             table = orm_table.__table__
             self.name = str(table.name)
-            self.data_sql_schema: DataSchema = [c._copy() for c in table.columns]
+            self.data_sql_schema: DataSchema = [copy_column(c) for c in table.columns]
         else:
             if name is None or data_sql_schema is None:
                 raise ValueError("TableStoreDB needs name and data_sql_schema, or orm_table")
             self.name = name
-            self.data_sql_schema = [c._copy() for c in data_sql_schema]
+            self.data_sql_schema = [copy_column(c) for c in data_sql_schema]
         if not any(c.primary_key for c in self.data_sql_schema):
             raise ValueError(f"TableStoreDB {self.name!r}: data_sql_schema has no primary_key column")
         self.create_table = create_table
