@@ -152,14 +152,19 @@ class DataTable:
             self.meta.touch(IndexDF(df.loc[~changed_mask, keys]), now)
         return IndexDF(changed_df[keys].reset_index(drop=True))
 
-    def _delete_rows(self, idx: IndexDF, now: float, delete_store: bool = True) -> None:
-        if len(idx) == 0:
+    def _delete_rows(
+        self, idx: IndexDF, now: float, delete_store: bool = True, store_idx: Optional[IndexDF] = None
+    ) -> None:
+        """Delete ``idx`` from the store and tombstone it; ``store_idx`` (a superset) widens the store delete."""
+        store_idx = idx if store_idx is None else store_idx
+        if len(store_idx) == 0:
             return
         if delete_store:
-            self.table_store.delete_rows(idx)
+            self.table_store.delete_rows(store_idx)
             if fault_hook is not None:
                 fault_hook("after_data_delete", self)
-        self.meta.mark_deleted(idx, now)
+        if len(idx):
+            self.meta.mark_deleted(idx, now)
 
     def store_chunk_changes(
         self,
@@ -189,7 +194,14 @@ class DataTable:
                 else:
                     live = self.meta.get_existing_idx(processed_idx)
                 deleted = IndexDF(live[~keyset.isin(live, data_df, keys)].reset_index(drop=True))
-                self._delete_rows(deleted, now, write_store)
+                store_idx = None
+                if full_keys:
+                    # Also delete processed keys the metadata does not know: a crash between a store
+                    # write and its metadata commit (stores outside the metadata transaction) can
+                    # leave such rows behind, and nothing else would ever remove them.
+                    gone = processed_idx[keys].drop_duplicates()  # type: ignore[index]
+                    store_idx = IndexDF(gone[~keyset.isin(gone, data_df, keys)].reset_index(drop=True))
+                self._delete_rows(deleted, now, write_store, store_idx)
         return changed, deleted
 
     def store_chunk(
