@@ -467,3 +467,33 @@ def test_table_object_as_input(ds, dbconn):
     ds.get_table("tsrc").store_chunk(rows([1]))
     run_steps(ds, steps)
     assert_datatable_equal(ds.get_table("tdst"), bang(rows([1])))
+
+
+def test_outputs_on_a_second_dbconn_of_the_same_database_commit_with_the_metadata(ds, dbconn):
+    from datapipe.store.database import DBConn
+
+    other = DBConn(dbconn.connstr)  # same database, separate DBConn object
+    catalog = Catalog(
+        {
+            "inp": Table(TableStoreDB(dbconn, "inp", cols("id"), create_table=True)),
+            "o1": Table(TableStoreDB(other, "o1", cols("id"), create_table=True)),
+            "o2": Table(TableStoreDB(other, "o2", cols("id"), create_table=True)),
+        }
+    )
+    fail = {"on": True}
+
+    def two(df):
+        second = df.assign(id=None) if fail["on"] else df  # null keys make the second write fail
+        return df, second
+
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(two, ["inp"], ["o1", "o2"])]))
+    ds.get_table("inp").store_chunk(rows([1, 2]))
+    run_steps(ds, steps)
+    # the batch failed as a whole: the first output's rows were rolled back with it
+    with other.con.connect() as con:
+        assert con.exec_driver_sql("SELECT count(*) FROM o1").scalar_one() == 0
+    assert ds.get_table("o1").get_size() == 0
+    fail["on"] = False
+    run_steps(ds, steps)
+    assert_datatable_equal(ds.get_table("o1"), rows([1, 2]))
+    assert_datatable_equal(ds.get_table("o2"), rows([1, 2]))

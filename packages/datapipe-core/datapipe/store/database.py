@@ -82,6 +82,13 @@ def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
     cur.close()
 
 
+# The connection of the transaction opened by ``DBConn.transaction()`` in this context, by URL:
+# every DBConn of the same database joins it (two connections would deadlock on SQLite).
+_ACTIVE_TX: contextvars.ContextVar[Dict[str, Connection]] = contextvars.ContextVar(
+    "datapipe_active_tx", default={}
+)
+
+
 class DBConn:
     """A database the metadata (and optionally data) lives in.
 
@@ -119,9 +126,6 @@ class DBConn:
         self.con: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.con, "connect", _sqlite_pragmas)
-        self._tx: contextvars.ContextVar[Optional[Connection]] = contextvars.ContextVar(
-            f"datapipe_tx_{id(self)}", default=None
-        )
 
     @property
     def supports_returning(self) -> bool:
@@ -139,7 +143,7 @@ class DBConn:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A connection in a transaction: the shared one when inside ``transaction()``, else a new one."""
-        active = self._tx.get()
+        active = _ACTIVE_TX.get().get(self.connstr)
         if active is not None:
             yield active
             return
@@ -152,16 +156,16 @@ class DBConn:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """Run the block in one transaction shared by every write on this ``DBConn``."""
-        active = self._tx.get()
+        active = _ACTIVE_TX.get().get(self.connstr)
         if active is not None:
             yield active
             return
         with self.begin() as con:
-            token = self._tx.set(con)
+            token = _ACTIVE_TX.set({**_ACTIVE_TX.get(), self.connstr: con})
             try:
                 yield con
             finally:
-                self._tx.reset(token)
+                _ACTIVE_TX.reset(token)
 
     def get_table(self, name: str, columns: Sequence[Column], create: bool, indexes: Sequence[Any] = ()) -> Table:
         """The SQLAlchemy ``Table`` called ``name`` with ``columns`` (copied), created if ``create``."""
