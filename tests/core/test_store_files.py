@@ -273,3 +273,22 @@ def test_update_external_table_drives_transform(dbconn, tmp_path):
     )
     assert ds.get_table("files").get_size() == 5
     assert (folder / "k1.json").exists() and not (folder / "k3.json").exists()
+
+
+def test_bad_key_values_are_rejected(tmp_path):
+    store = TableStoreFiledir(f"{tmp_path}/{{id}}.json", JSONFile())
+    with pytest.raises(ValueError, match="may not contain '/'"):
+        store.insert_rows(pd.DataFrame({"id": ["a/b"], "v": [1]}))
+    with pytest.raises(ValueError, match="missing key column"):
+        store.insert_rows(pd.DataFrame({"v": [1]}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_datetime_keys_from_foreign_file_names(tmp_path):
+    from sqlalchemy import DateTime
+
+    _write_json(tmp_path / "2024-01-02.json", {"v": 1})
+    store = TableStoreFiledir(f"{tmp_path}/{{day}}.json", JSONFile(),
+                              primary_schema=[Column("day", DateTime, primary_key=True)])
+    got = store.read_rows()
+    assert got["day"].tolist() == [pd.Timestamp("2024-01-02")] and got["v"].tolist() == [1]

@@ -9,7 +9,8 @@ otherwise); an adapter turns a file into the row's data columns and back:
 * ``PILFile(format)``: an ``image`` column with a ``PIL.Image`` (extra ``datapipe-core[image]``);
 * ``PandasParquetFile()``: a ``data`` column with a DataFrame (extra ``datapipe-core[parquet]``).
 
-Patterns may hold several keys (``{a}/{b}.json``), fsspec URLs (``memory://``, ``file://``, ``s3://``)
+Key values are written into file names with ``str()`` (DateTime keys as ``2024-01-02T03-04-05.000000``)
+and must not contain ``/``. Patterns may hold several keys (``{a}/{b}.json``), fsspec URLs (``memory://``, ``file://``, ``s3://``)
 or local paths. A ``*`` in the pattern matches any text and makes the store read-only (the store
 cannot know where to write). Reads list the folder with one ``glob`` and fetch the files with one
 ``cat`` call; writes use one ``pipe`` call per batch.
@@ -33,6 +34,8 @@ from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 
 _KEY_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# DateTime keys in file names: no ':' (not allowed on Windows and some object stores)
+_DATETIME_KEY_FORMAT = "%Y-%m-%dT%H-%M-%S.%f"
 
 
 def _missing_extra(adapter: str, package: str, extra: str, error: ImportError) -> ImportError:
@@ -197,7 +200,7 @@ class _Pattern:
 
 def _key_text(col: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col):
-        return col.dt.strftime("%Y-%m-%dT%H-%M-%S.%f")
+        return col.dt.strftime(_DATETIME_KEY_FORMAT)
     return col.astype(str)
 
 
@@ -288,13 +291,25 @@ class TableStoreFiledir(TableStore):
             elif python_type is float:
                 df[name] = pd.to_numeric(df[name]).astype("float64")
             elif python_type.__name__ == "datetime":
-                df[name] = pd.to_datetime(df[name], format="%Y-%m-%dT%H-%M-%S.%f")
+                try:
+                    df[name] = pd.to_datetime(df[name], format=_DATETIME_KEY_FORMAT)
+                except ValueError:  # files named by someone else, e.g. 2024-01-02
+                    df[name] = pd.to_datetime(df[name])
         return df
 
     def _paths(self, idx: pd.DataFrame) -> pd.Series:
         missing = [k for k in self.primary_keys if k not in idx.columns]
         if missing:
             raise ValueError(f"{self.describe()}: rows are missing key column(s) {missing}")
+        for key in self.primary_keys:
+            if idx[key].isna().any():
+                raise ValueError(f"{self.describe()}: null values in key column {key!r}")
+            text = _key_text(idx[key])
+            bad = text.str.contains("/", regex=False)
+            if bad.any():
+                raise ValueError(
+                    f"{self.describe()}: key {key!r} values may not contain '/', got {text[bad].iloc[0]!r}"
+                )
         return self.pattern.format(idx)
 
     def _list(self) -> pd.DataFrame:
