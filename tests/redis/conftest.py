@@ -74,6 +74,17 @@ class ExtraRedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _start_or_skip(server: ExtraRedisServer) -> ExtraRedisServer:
     try:
         return server.start()
@@ -100,15 +111,14 @@ def redis_cluster_url() -> Iterator[str]:
         return
     import redis
 
-    # The cluster bus defaults to port+10000, which may exceed 65535: give it its own free port.
-    server = _start_or_skip(
-        ExtraRedisServer(
-            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port())
-        )
-    )
+    server = ExtraRedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    # The cluster bus listens on port+10000: pick a port where that is valid and free (any Redis version).
+    while server.port + 10000 > 65535 or not _port_free(server.port + 10000):
+        server.port = free_port()
+    server = _start_or_skip(server)
     client = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
     try:
-        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
         deadline = time.monotonic() + 20
         while client.cluster("info")["cluster_state"] != "ok":
             if time.monotonic() > deadline:
