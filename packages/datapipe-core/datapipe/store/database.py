@@ -19,7 +19,7 @@ from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import ColumnElement
 
 from datapipe.run_config import RunConfig
-from datapipe.store.sql_bulk import bulk_upsert
+from datapipe.store.sql_bulk import bulk_upsert, key_in
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 
@@ -84,8 +84,8 @@ def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
 
 # The connection of the transaction opened by ``DBConn.transaction()`` in this context, by URL:
 # every DBConn of the same database joins it (two connections would deadlock on SQLite).
-_ACTIVE_TX: contextvars.ContextVar[Dict[str, Connection]] = contextvars.ContextVar(
-    "datapipe_active_tx", default={}
+_ACTIVE_TX: contextvars.ContextVar[Optional[Dict[str, Connection]]] = contextvars.ContextVar(
+    "datapipe_active_tx", default=None
 )
 
 
@@ -143,7 +143,7 @@ class DBConn:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A connection in a transaction: the shared one when inside ``transaction()``, else a new one."""
-        active = _ACTIVE_TX.get().get(self.connstr)
+        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
         if active is not None:
             yield active
             return
@@ -156,12 +156,12 @@ class DBConn:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """Run the block in one transaction shared by every write on this ``DBConn``."""
-        active = _ACTIVE_TX.get().get(self.connstr)
+        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
         if active is not None:
             yield active
             return
         with self.begin() as con:
-            token = _ACTIVE_TX.set({**_ACTIVE_TX.get(), self.connstr: con})
+            token = _ACTIVE_TX.set({**(_ACTIVE_TX.get() or {}), self.connstr: con})
             try:
                 yield con
             finally:
@@ -207,7 +207,7 @@ def key_filter(table: Table, idx: pd.DataFrame) -> ColumnElement[bool]:
     """``WHERE (k1, k2) IN (...)`` for the key columns of ``idx`` (values bound, never formatted)."""
     cols = list(idx.columns)
     if len(cols) == 1:
-        return table.c[cols[0]].in_(python_values(idx[cols[0]]))
+        return key_in(table.c[cols[0]], python_values(idx[cols[0]]))
     values = list(zip(*[python_values(idx[c]) for c in cols]))
     return tuple_(*[table.c[c] for c in cols]).in_(values)
 
