@@ -292,3 +292,14 @@ def test_datetime_keys_from_foreign_file_names(tmp_path):
                               primary_schema=[Column("day", DateTime, primary_key=True)])
     got = store.read_rows()
     assert got["day"].tolist() == [pd.Timestamp("2024-01-02")] and got["v"].tolist() == [1]
+
+
+def test_registered_store_kinds(tmp_path):
+    from datapipe.plugins import create_table_store
+
+    fd = create_table_store("filedir", filename_pattern=f"{tmp_path}/fd/{{id}}.json", adapter=JSONFile())
+    jl = create_table_store("jsonline", filename=tmp_path / "t.jsonl")
+    assert isinstance(fd, TableStoreFiledir) and isinstance(jl, TableStoreJsonLine)
+    for store in (fd, jl):
+        store.insert_rows(pd.DataFrame({"id": ["a"], "v": [1]}))
+        assert store.read_rows().to_dict("records") == [{"id": "a", "v": 1}]
