@@ -7,7 +7,17 @@ import pandas as pd
 import pytest
 from sqlalchemy import JSON, Boolean, Column, Date, DateTime, Float, Integer, LargeBinary, String
 
-from datapipe_redis.codec import decode_column, decode_frame, dumps, empty_frame, encode_column, loads_many
+from datapipe_redis.codec import (
+    decode_column,
+    decode_frame,
+    dumps,
+    empty_frame,
+    encode_column,
+    json_arrays,
+    json_objects,
+    json_texts,
+    loads_many,
+)
 from datapipe_redis.store import RedisStore
 
 
@@ -84,3 +94,31 @@ def test_field_encoding_is_canonical_whatever_the_key_dtypes():
 def test_loads_many_parses_in_one_call():
     assert loads_many([]) == []
     assert loads_many(['[1,"a"]', '{"x":null}', "2.5"]) == [[1, "a"], {"x": None}, 2.5]
+
+
+@pytest.mark.parametrize(
+    "column, values",
+    [
+        (Column("i", Integer), [1, -2, 2**62, None]),
+        (Column("i", Integer), [0, 5]),
+        (Column("f", Float), [0.1, 1e-300, -0.0, 3.0]),
+        (Column("f", Float), [float("inf"), float("-inf"), None]),
+        (Column("b", Boolean), [True, False]),
+        (Column("b", Boolean), [True, None]),
+        (Column("s", String), ['q"uote', "back\\slash", "nl\n", "ü€😀", "{}", ""]),
+        (Column("s", String), ["a", None]),
+        (Column("j", JSON), [{"a": [1, {"b": None}]}, [1.5, "x"], None, "s"]),
+    ],
+)
+def test_fast_json_texts_equal_dumps(column, values):
+    texts = json_texts(list(values), column)
+    assert texts == [dumps(v) for v in values]
+    assert loads_many(texts) == [v for v in values]
+
+
+def test_json_arrays_and_objects_equal_dumps_even_with_odd_column_names():
+    a, b = ["1", "2"], ['"x"', "null"]
+    assert json_arrays([a, b]) == [dumps([1, "x"]), dumps([2, None])]
+    names = ['we{i}rd "name"', "plain"]
+    assert json_objects(names, [a, b], 2) == [dumps({names[0]: 1, "plain": "x"}), dumps({names[0]: 2, "plain": None})]
+    assert json_objects([], [], 3) == ["{}", "{}", "{}"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import math
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # C-accelerated
 from typing import Any, List, Mapping, Sequence
 
 import numpy as np
@@ -117,6 +119,41 @@ def _json_default(value: Any) -> Any:
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
 dumps = _ENCODER.encode
+
+
+_BOOL_TEXT = {True: "true", False: "false"}
+
+
+def json_texts(values: List[Any], column: Column) -> List[str]:
+    """The JSON text of each of ``values`` (from :func:`encode_column`), exactly as :data:`dumps` writes it.
+
+    Columns without nulls take C-level fast paths by type; anything else goes through ``dumps``.
+    """
+    kind = column_kind(column)
+    if kind != ANY and None not in values:
+        if kind == INT:
+            return list(map(int.__repr__, values))
+        if kind == FLOAT and all(map(math.isfinite, values)):
+            return list(map(float.__repr__, values))
+        if kind == BOOL:
+            return list(map(_BOOL_TEXT.__getitem__, values))
+        if kind in (STR, DATETIME, DATE, BYTES):
+            return list(map(encode_basestring, values))
+    return list(map(dumps, values))
+
+
+def json_arrays(columns: Sequence[List[str]]) -> List[str]:
+    """Row-wise JSON arrays from per-column JSON texts: ``["1", "2"], ['"a"', '"b"']`` -> ``['[1,"a"]', ...]``."""
+    template = "[" + ",".join(["{}"] * len(columns)) + "]"
+    return list(map(template.format, *columns))
+
+
+def json_objects(names: Sequence[str], columns: Sequence[List[str]], n: int) -> List[str]:
+    """Row-wise JSON objects ``{"name":value,...}`` from per-column JSON texts (``n`` rows)."""
+    if not names:
+        return ["{}"] * n
+    fields = [dumps(name).replace("{", "{{").replace("}", "}}") + ":{}" for name in names]
+    return list(map(("{{" + ",".join(fields) + "}}").format, *columns))
 
 
 def loads_many(texts: Sequence[str]) -> List[Any]:

@@ -25,7 +25,15 @@ from datapipe.run_config import RunConfig
 from datapipe.store.database import mask_url
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
-from datapipe_redis.codec import decode_frame, dumps, empty_frame, encode_column, loads_many
+from datapipe_redis.codec import (
+    decode_frame,
+    empty_frame,
+    encode_column,
+    json_arrays,
+    json_objects,
+    json_texts,
+    loads_many,
+)
 
 # Fields per HSET/HMGET/HDEL command: big enough to amortise, small enough not to block the server.
 COMMAND_BATCH = 5000
@@ -170,25 +178,21 @@ class RedisStore(TableStore):
     def encode_fields(self, df: pd.DataFrame) -> List[str]:
         """The hash field of each row of ``df``: the JSON array of its key values."""
         try:
-            cols = [encode_column(df[str(c.name)], c) for c in self._key_columns]
+            texts = [json_texts(encode_column(df[str(c.name)], c), c) for c in self._key_columns]
         except ValueError as e:
             raise ValueError(f"{self.describe()}: {e}") from e
-        return [dumps(list(row)) for row in zip(*cols)]
+        return json_arrays(texts)
 
     def encode_values(self, df: pd.DataFrame) -> List[str]:
         """The hash value of each row of ``df``: the JSON object of its non-key columns."""
         present = [c for c in self._value_columns if str(c.name) in df.columns]
-        names = [str(c.name) for c in present]
         try:
-            cols = [encode_column(df[name], c) for name, c in zip(names, present)]
+            texts = [json_texts(encode_column(df[str(c.name)], c), c) for c in present]
         except ValueError as e:
             raise ValueError(f"{self.describe()}: {e}") from e
-        if not cols:
-            return ["{}"] * len(df)
-        try:
-            return [dumps(dict(zip(names, row))) for row in zip(*cols)]
-        except (TypeError, ValueError) as e:
+        except TypeError as e:
             raise ValueError(f"{self.describe()}: a value cannot be stored as JSON: {e}") from e
+        return json_objects([str(c.name) for c in present], texts, len(df))
 
     def decode_rows(self, fields: Sequence[str], values: Sequence[str]) -> DataDF:
         """Rows from hash fields and their values (the inverse of the two ``encode_*``)."""
