@@ -27,7 +27,8 @@ class TestMilvusStoreConformance(AbstractBaseStoreTests):
         made = []
 
         def make(schema: DataSchema) -> MilvusStore:
-            store = MilvusStore(milvus_uri, f"conf_{prefix}_{next(counter)}", schema, embedding_field=None, batch_size=700)
+            name = f"conf_{prefix}_{next(counter)}"
+            store = MilvusStore(milvus_uri, name, schema, embedding_field=None, batch_size=700)
             made.append(store)
             return store
 

@@ -52,7 +52,9 @@ def by_id(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values("id").reset_index(drop=True)
 
 
-@pytest.mark.parametrize("key_type,keys", [(Integer, [3, -1, 7, 2**40, 2]), (String, ["x", 'q"uote', "zé", "b\\s", "1"])])
+@pytest.mark.parametrize(
+    "key_type,keys", [(Integer, [3, -1, 7, 2**40, 2]), (String, ["x", 'q"uote', "zé", "b\\s", "1"])]
+)
 def test_vectors_roundtrip_and_search(milvus_uri, collection_name, key_type, keys):
     store = make_store(milvus_uri, collection_name, key_type)
     df = frame(keys)

@@ -20,7 +20,6 @@ class TestQdrantStoreConformance(AbstractBaseStoreTests):
     supports_composite_keys = True
     large_batch_size = 3_000
 
-
     @pytest.fixture
     def store_maker(self, qdrant_url: str) -> Iterator[Callable[[DataSchema], QdrantStore]]:
         if qdrant_url != ":memory:" and not qdrant_url.startswith("http"):

@@ -187,13 +187,15 @@ def test_pickled_store_shares_the_embedded_client(qdrant_url, collection_name):
 def test_sharded_store(qdrant_url, collection_name):
     pattern = collection_name + "_tenant_{tenant}"
     cols = [Column("tenant", Integer, primary_key=True)] + schema(String)
-    store = QdrantShardedStore(pattern, qdrant_url, cols, ["tenant", "id"], "embedding", CollectionParams(size=4, distance="Dot"))
+    params = CollectionParams(size=4, distance="Dot")
+    store = QdrantShardedStore(pattern, qdrant_url, cols, ["tenant", "id"], "embedding", params)
     assert store.primary_keys == ["tenant", "id"]
     df = pd.concat([frame(["a", "b", "c"]).assign(tenant=t) for t in (1, 2, 3)], ignore_index=True)
     store.insert_rows(df)
     names = {c.name for c in store.client.get_collections().collections}
     assert {f"{collection_name}_tenant_{t}" for t in (1, 2, 3)} <= names
-    assert len(store.client.retrieve(f"{collection_name}_tenant_2", ids=[str(uuid.uuid5(KEY_NAMESPACE, json.dumps([2, "b"], separators=(",", ":"))))])) == 1
+    point_id = str(uuid.uuid5(KEY_NAMESPACE, json.dumps([2, "b"], separators=(",", ":"))))
+    assert len(store.client.retrieve(f"{collection_name}_tenant_2", ids=[point_id])) == 1
 
     idx = pd.DataFrame({"tenant": [1, 3, 3, 2], "id": ["a", "b", "zz", "c"]})
     got = store.read_rows(IndexDF(idx)).sort_values(["tenant", "id"])

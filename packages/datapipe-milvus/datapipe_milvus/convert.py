@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import JSON, Boolean, Column, Date, DateTime, Float, Integer, LargeBinary, Numeric, String
 
-
 # Hidden primary key of non-integer keys: uuid5(KEY_NAMESPACE, compact JSON of the key tuple).
 KEY_NAMESPACE = uuid.UUID("7d0c3f52-8a4e-5b1f-9c6d-2e8f4a1b3c5d")
 

@@ -12,7 +12,6 @@ from sqlalchemy import Column, String
 from datapipe.run_config import RunConfig
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
-
 from datapipe_milvus import client as mclient
 from datapipe_milvus.convert import column_kind, key_strings, records_frame, to_field_values, vectors_to_lists
 
@@ -181,7 +180,11 @@ class MilvusStore(TableStore):
         """The underlying ``MilvusClient`` (shared per process and address)."""
         return mclient.get_client(self.uri, self.token, self.db_name, self.client_kwargs)
 
-    def _call(self, op: str, fn: Callable[[MilvusClient], T]) -> T:
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """``client.<method>(collection_name=self.name, **kwargs)`` with errors turned into ``StoreError``."""
+        return self._run(method, lambda c: getattr(c, method)(collection_name=self.name, **kwargs))
+
+    def _run(self, op: str, fn: Callable[[MilvusClient], T]) -> T:
         try:
             return fn(self.client)
         except StoreError:
@@ -252,7 +255,7 @@ class MilvusStore(TableStore):
             if str(state) != "Loaded" and getattr(state, "name", "") != "Loaded":
                 client.load_collection(self.name)
 
-        self._call("create/load collection", ensure)
+        self._run("create/load collection", ensure)
         self._ready = True
 
     # ------------------------------------------------------------------ conversions
@@ -323,7 +326,7 @@ class MilvusStore(TableStore):
         self._ensure_collection()
         for chunk in self._chunks(df):
             rows = self._rows(chunk)
-            self._call("upsert", lambda c: c.upsert(self.name, rows))
+            self._call("upsert", data=rows)
 
     def delete_rows(self, idx: IndexDF) -> None:
         """Delete the entities of ``idx``'s keys; missing keys are ignored."""
@@ -333,7 +336,7 @@ class MilvusStore(TableStore):
         self._ensure_collection()
         for chunk in self._chunks(idx):
             ids = self._ids(chunk)
-            self._call("delete", lambda c: c.delete(self.name, ids=ids))
+            self._call("delete", ids=ids)
 
     def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
         """Entities for ``idx``'s keys (get by primary key), or all of them (query iterator) when None."""
@@ -346,20 +349,17 @@ class MilvusStore(TableStore):
         frames = []
         for chunk in self._chunks(idx[self.pk_fields].drop_duplicates()):
             ids = self._ids(chunk)
-            rows = self._call("get", lambda c: c.get(self.name, ids=ids, output_fields=self._output_fields))
+            rows = self._call("get", ids=ids, output_fields=self._output_fields)
             frames.append(self._frame(list(rows)))
         return DataDF(self._concat(frames))
 
     def _iterate(self, chunksize: int) -> Iterator[pd.DataFrame]:
         self._ensure_collection()
         batch = max(1, min(int(chunksize), 16384))
-        iterator = self._call(
-            "query_iterator",
-            lambda c: c.query_iterator(self.name, batch_size=batch, output_fields=self._output_fields),
-        )
+        iterator = self._call("query_iterator", batch_size=batch, output_fields=self._output_fields)
         try:
             while True:
-                rows = self._call("query_iterator", lambda c: iterator.next())
+                rows = self._run("query_iterator", lambda c: iterator.next())
                 if not rows:
                     return
                 yield self._frame(list(rows))
@@ -377,9 +377,7 @@ class MilvusStore(TableStore):
         if empty:
             yield DataDF(self._frame([]))
 
-    def search(
-        self, vector: Any, limit: int = 10, filter: str = "", with_vectors: bool = False
-    ) -> pd.DataFrame:
+    def search(self, vector: Any, limit: int = 10, filter: str = "", with_vectors: bool = False) -> pd.DataFrame:
         """The ``limit`` rows nearest to ``vector`` (best first) with a ``score`` column (Milvus distance).
 
         ``filter`` is a Milvus boolean expression, e.g. ``'category == "news"'``.
@@ -391,15 +389,12 @@ class MilvusStore(TableStore):
         fields = self._output_fields if with_vectors else [f for f in self._output_fields if f != self.embedding_field]
         hits = self._call(
             "search",
-            lambda c: c.search(
-                self.name,
-                data=query,
-                limit=limit,
-                filter=filter,
-                output_fields=fields,
-                anns_field=self.embedding_field,
-                search_params={"metric_type": self.metric_type},
-            ),
+            data=query,
+            limit=limit,
+            filter=filter,
+            output_fields=fields,
+            anns_field=self.embedding_field,
+            search_params={"metric_type": self.metric_type},
         )[0]
         frame = self._frame([h["entity"] for h in hits], with_vectors=with_vectors)
         frame["score"] = pd.Series([h["distance"] for h in hits], dtype="float64")

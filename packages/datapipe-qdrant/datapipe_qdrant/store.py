@@ -11,7 +11,7 @@ import re
 import string
 import warnings
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar, Union, cast
 
 import pandas as pd
 from qdrant_client import QdrantClient, models
@@ -20,7 +20,6 @@ from sqlalchemy import Column
 from datapipe.run_config import RunConfig
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
-
 from datapipe_qdrant import client as qclient
 from datapipe_qdrant.convert import column_kind, point_ids, records_frame, to_payload_values, vectors_to_lists
 from datapipe_qdrant.params import CollectionParams
@@ -162,7 +161,11 @@ class _QdrantBase(TableStore):
             f"{type(e).__name__}: {message}"
         )
 
-    def _call(self, op: str, collection: str, fn: Callable[[QdrantClient], T]) -> T:
+    def _call(self, method: str, collection: str, **kwargs: Any) -> Any:
+        """``client.<method>(**kwargs)`` with errors turned into ``StoreError``."""
+        return self._run(method, collection, lambda c: getattr(c, method)(**kwargs))
+
+    def _run(self, op: str, collection: str, fn: Callable[[QdrantClient], T]) -> T:
         try:
             client, lock = self._client()
             with lock:
@@ -188,9 +191,9 @@ class _QdrantBase(TableStore):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Payload indexes have no effect")
                 for field_name, field_schema in self.index_schema.items():
-                    client.create_payload_index(collection, field_name, field_schema=field_schema)
+                    client.create_payload_index(collection, field_name, field_schema=cast(Any, field_schema))
 
-        self._call("create collection", collection, create)
+        self._run("create collection", collection, create)
         self._ready.add(collection)
 
     # ------------------------------------------------------------------ conversions
@@ -246,24 +249,28 @@ class _QdrantBase(TableStore):
         self._ensure_collection(collection)
         for chunk in self._chunks(df):
             batch = self._batch(chunk)
-            self._call("upsert", collection, lambda c: c.upsert(collection, points=batch, wait=True))
+            self._call("upsert", collection, collection_name=collection, points=batch, wait=True)
 
     def _delete(self, collection: str, idx: pd.DataFrame) -> None:
         self._ensure_collection(collection)
         for chunk in self._chunks(idx):
             selector = models.PointIdsList(points=self._ids(chunk))
-            self._call("delete", collection, lambda c: c.delete(collection, points_selector=selector, wait=True))
+            self._call("delete", collection, collection_name=collection, points_selector=selector, wait=True)
 
     def _retrieve(self, collection: str, idx: pd.DataFrame) -> pd.DataFrame:
         self._ensure_collection(collection)
         idx = idx[self.pk_fields].drop_duplicates()
         frames = []
+        with_vectors = self.embedding_field is not None
         for chunk in self._chunks(idx):
             ids = self._ids(chunk)
             records = self._call(
                 "retrieve",
                 collection,
-                lambda c: c.retrieve(collection, ids=ids, with_payload=True, with_vectors=self.embedding_field is not None),
+                collection_name=collection,
+                ids=ids,
+                with_payload=True,
+                with_vectors=with_vectors,
             )
             frames.append(self._frame(records))
         return self._concat(frames)
@@ -275,13 +282,11 @@ class _QdrantBase(TableStore):
             records, offset = self._call(
                 "scroll",
                 collection,
-                lambda c: c.scroll(
-                    collection,
-                    limit=chunksize,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=self.embedding_field is not None,
-                ),
+                collection_name=collection,
+                limit=chunksize,
+                offset=offset,
+                with_payload=True,
+                with_vectors=self.embedding_field is not None,
             )
             if records:
                 yield self._frame(records)
@@ -300,17 +305,15 @@ class _QdrantBase(TableStore):
             self.collection_params.vector_size(self.vector_name()),
         )[0]
         response = self._call(
-            "search",
+            "query_points",
             collection,
-            lambda c: c.query_points(
-                collection,
-                query=query,
-                using=self.vector_name(),
-                limit=limit,
-                query_filter=query_filter,
-                with_payload=True,
-                with_vectors=with_vectors,
-            ),
+            collection_name=collection,
+            query=query,
+            using=self.vector_name(),
+            limit=limit,
+            query_filter=query_filter,
+            with_payload=True,
+            with_vectors=with_vectors,
         )
         points = response.points
         frame = self._frame(points, with_vectors=with_vectors)
@@ -471,7 +474,7 @@ class QdrantShardedStore(_QdrantBase):
             if field_name:
                 pieces.append(".+?")
         regex = re.compile("^" + "".join(pieces) + "$")
-        response = self._call("list collections", self.name_pattern, lambda c: c.get_collections())
+        response = self._call("get_collections", self.name_pattern)
         return sorted(c.name for c in response.collections if regex.match(c.name))
 
     def insert_rows(self, df: DataDF) -> None:
