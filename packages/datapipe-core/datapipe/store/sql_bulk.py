@@ -10,11 +10,15 @@ SQLite, ...) are processed like SQLAlchemy would.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
-from sqlalchemy import Float, Table
+from sqlalchemy import Boolean, Float, String, Table, TypeDecorator, bindparam
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 # Frames at least this long go through COPY on PostgreSQL (psycopg 3); smaller ones use executemany.
 COPY_MIN_ROWS = 200
@@ -28,6 +32,8 @@ def _values(series: pd.Series) -> List[Any]:
         return series.tolist()
     if series.dtype.kind == "f" and not series.hasnans:
         return series.tolist()
+    if series.dtype.kind in "OU" or isinstance(series.dtype, pd.StringDtype):
+        return series.to_numpy(dtype=object, na_value=None).tolist()  # type: ignore[no-any-return]
     return series.astype(object).where(series.notna(), None).tolist()
 
 
@@ -109,3 +115,71 @@ def bulk_upsert(con: Connection, table: Table, df: pd.DataFrame, columns: Sequen
         _copy_upsert(con, table, columns, keys, rows)
         return
     con.exec_driver_sql(upsert_sql(con, table, columns, keys), rows)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- key lists as one bound parameter
+
+
+class KeyList(TypeDecorator):  # type: ignore[type-arg]
+    """A list of key values bound as ONE parameter: JSON text on SQLite, an array on PostgreSQL."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, item_type: Any) -> None:
+        super().__init__()
+        self.item_type = item_type
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            return dialect.type_descriptor(ARRAY(self.item_type))
+        return dialect.type_descriptor(String())
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if dialect.name == "sqlite":
+            return json.dumps(value)
+        return value
+
+
+class KeyIn(ColumnElement[bool]):
+    """``column IN (values)`` with the values in one parameter (see ``KeyList``).
+
+    Compiles to ``col IN (SELECT value FROM json_each(?))`` on SQLite and ``col = ANY(%s)`` on
+    PostgreSQL, so the statement text and its cached compilation do not depend on the number of keys.
+    """
+
+    type = Boolean()
+    inherit_cache = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("values", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: Any, values: List[Any]) -> None:
+        self.column = column
+        self.values = bindparam(None, values, type_=KeyList(column.type), unique=True)
+
+
+@compiles(KeyIn)
+def _key_in_default(element: KeyIn, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.column.in_(element.values.value), **kw)  # type: ignore[no-any-return]
+
+
+@compiles(KeyIn, "sqlite")
+def _key_in_sqlite(element: KeyIn, compiler: Any, **kw: Any) -> str:
+    col = compiler.process(element.column, **kw)
+    return f"{col} IN (SELECT value FROM json_each({compiler.process(element.values, **kw)}))"
+
+
+@compiles(KeyIn, "postgresql")
+def _key_in_postgresql(element: KeyIn, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.values, **kw)})"
+
+
+def key_in(column: Any, values: List[Any]) -> ColumnElement[bool]:
+    """``column IN values`` as one bound parameter when the values are all ints or all strs, else a plain IN."""
+    if values and (all(type(v) is int for v in values) or all(type(v) is str for v in values)):
+        return KeyIn(column, values)
+    return column.in_(values)  # type: ignore[no-any-return]
