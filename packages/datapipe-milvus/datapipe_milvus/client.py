@@ -44,6 +44,19 @@ def describe_address(uri: str) -> str:
     return mask_url(uri)
 
 
+class _LiteIteratorNoise(logging.Filter):
+    """Milvus Lite has no MVCC timestamps; pymilvus warns about it on every query iterator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
+def quiet_lite_iterator_warning() -> None:
+    logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
+    if not any(isinstance(f, _LiteIteratorNoise) for f in logger.filters):
+        logger.addFilter(_LiteIteratorNoise())
+
+
 def get_client(uri: str, token: Optional[str], db_name: str, client_kwargs: Dict[str, Any]) -> MilvusClient:
     """The process-wide ``MilvusClient`` for this address, connected on first use."""
     key = (os.getpid(), uri, token or "", db_name, tuple(sorted(client_kwargs.items())))
@@ -51,6 +64,7 @@ def get_client(uri: str, token: Optional[str], db_name: str, client_kwargs: Dict
         if key not in _clients:
             if is_lite(uri):
                 os.makedirs(os.path.dirname(uri), exist_ok=True)
+                quiet_lite_iterator_warning()
             _clients[key] = MilvusClient(uri=uri, token=token or "", db_name=db_name, **client_kwargs)
         return _clients[key]
 

@@ -14,6 +14,7 @@ Embedded clients are not thread-safe, so calls through them are serialised with 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -73,6 +74,9 @@ def close_embedded_clients() -> None:
                 with contextlib.suppress(Exception):
                     client.close()
         _embedded.clear()
+
+
+atexit.register(close_embedded_clients)  # close before interpreter teardown (avoids noisy __del__)
 
 
 def server_client(url: str, api_key: Optional[str], client_kwargs: Dict[str, Any]) -> QdrantClient:
