@@ -45,3 +45,28 @@ def build(ds: DataStore, dbconn: DBConn, prefix: str, parallelism: int = 3) -> D
     )
     steps: List[ComputeStep] = build_compute(ds, catalog, pipeline)
     return {"steps": steps, "tables": {n: f"{prefix}_{n}" for n in names}}
+
+
+def app():
+    """A ``DatapipeApp`` for ``datapipe --pipeline ray_pipelines:app --executor ray`` (``DATAPIPE_DB``, ``N_ROWS``)."""
+    import os
+
+    from datapipe.compute import DatapipeApp
+    from datapipe.step.batch_generate import BatchGenerate
+
+    def load():
+        n = int(os.environ.get("N_ROWS", "20"))
+        yield pd.DataFrame({"id": range(n), "a": [f"w{i}" for i in range(n)]})
+
+    dbconn = DBConn(os.environ["DATAPIPE_DB"])
+    ds = DataStore(dbconn, create_meta_table=True)
+    catalog = Catalog({n: Table(TableStoreDB(dbconn, n, schema(), create_table=True)) for n in ("inp", "out")})
+    config = ExecutorConfig(cpu=0.5, parallelism=4)
+    pipeline = Pipeline(
+        [
+            BatchGenerate(load, outputs=["inp"], name="load"),
+            BatchTransform(exclaim, inputs=["inp"], outputs=["out"], chunk_size=3, name="exclaim",
+                           executor_config=config),
+        ]
+    )
+    return DatapipeApp(ds, catalog, pipeline)

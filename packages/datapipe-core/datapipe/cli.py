@@ -548,13 +548,19 @@ def _label(text: str) -> str:
     return text.replace('"', "#quot;")
 
 
+def _table_names(steps: Sequence[ComputeStep]) -> List[str]:
+    """Every table the steps read or write, in first-seen order."""
+    names: Dict[str, None] = {}
+    for s in steps:
+        for name in [ci.name for ci in s.input_dts] + [co.name for co in s.output_dts]:
+            names.setdefault(name)
+    return list(names)
+
+
 def mermaid(steps: Sequence[ComputeStep]) -> str:
     """The pipeline as a Mermaid flowchart: tables as cylinders, steps as boxes."""
     lines = ["flowchart LR"]
-    tables: Dict[str, None] = {}
-    for s in steps:
-        for c in [*s.input_dts, *s.output_dts]:
-            tables.setdefault(c.name)
+    tables = _table_names(steps)
     lines += [f'    {_node_id("t_", t)}[("{_label(t)}")]' for t in tables]
     lines += [f'    {_node_id("s_", s.name)}[["{_label(s.name)}"]]' for s in steps]
     for s in steps:
@@ -566,10 +572,7 @@ def mermaid(steps: Sequence[ComputeStep]) -> str:
 def dot(steps: Sequence[ComputeStep]) -> str:
     """The pipeline as a Graphviz digraph."""
     lines = ["digraph pipeline {", "    rankdir=LR;"]
-    tables: Dict[str, None] = {}
-    for s in steps:
-        for c in [*s.input_dts, *s.output_dts]:
-            tables.setdefault(c.name)
+    tables = _table_names(steps)
     lines += [f'    "{_node_id("t_", t)}" [label="{t}", shape=cylinder];' for t in tables]
     lines += [f'    "{_node_id("s_", s.name)}" [label="{s.name}", shape=box];' for s in steps]
     for s in steps:
