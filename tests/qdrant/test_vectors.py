@@ -237,3 +237,31 @@ def test_plugin_registration(collection_name):
         collection_params=CollectionParams(size=4),
     )
     assert isinstance(sharded, QdrantShardedStore)
+
+
+def test_local_path_store_in_another_process(tmp_path, collection_name):
+    """A pickled local-path store works in another process once this one releases the directory,
+    and gives a clear StoreError while this process still holds it."""
+    import subprocess
+    import sys
+
+    from datapipe_qdrant.client import close_embedded_clients
+
+    store = make_store(str(tmp_path / "q"), collection_name)
+    store.insert_rows(frame([1, 2, 3]))
+    (tmp_path / "store.pkl").write_bytes(pickle.dumps(store))
+    script = (
+        "import pickle, sys\n"
+        "from datapipe.store.table_store import StoreError\n"
+        f"store = pickle.loads(open({str(tmp_path / 'store.pkl')!r}, 'rb').read())\n"
+        "try:\n"
+        "    print(sorted(store.read_rows()['id']))\n"
+        "except StoreError as e:\n"
+        "    print('StoreError', e)\n"
+    )
+    held = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert held.stdout.startswith("StoreError"), held.stdout + held.stderr
+    assert repr(collection_name) in held.stdout and "already accessed" in held.stdout
+    close_embedded_clients()
+    free = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert free.stdout.strip() == "[1, 2, 3]", free.stdout + free.stderr
