@@ -95,3 +95,36 @@ def test_incremental_pipeline_into_redis(dbconn, redis_url, request):
     assert sum(calls) == 0
     assert raw.hlen(hash_name) == len(expected)
     raw.delete(hash_name)
+
+
+def test_external_writes_in_the_documented_layout_flow_downstream(dbconn, redis_url, request):
+    """Another program writes the hash directly; UpdateExternalTable picks the rows up, deletions too."""
+    from datapipe.step.update_external_table import UpdateExternalTable
+
+    hash_name = f"external-{request.node.callspec.id}-{id(dbconn)}"
+    cols = lambda: [Column("id", Integer, primary_key=True), Column("text", String)]  # noqa: E731
+    ds = DataStore(dbconn, create_meta_table=True)
+    catalog = Catalog(
+        {
+            "ext": Table(RedisStore(redis_url, hash_name, cols())),
+            "out": Table(TableStoreDB(dbconn, "out", cols(), create_table=True)),
+        }
+    )
+    pipeline = Pipeline(
+        [
+            UpdateExternalTable("ext"),
+            BatchTransform(lambda df: df.assign(text=df["text"] + "!"), inputs=["ext"], outputs=["out"]),
+        ]
+    )
+    steps = build_compute(ds, catalog, pipeline)
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    raw.hset(hash_name, mapping={f"[{i}]": f'{{"text":"t{i}"}}' for i in range(5)})
+    run_steps(ds, steps)
+    assert_datatable_equal(ds.get_table("out"), pd.DataFrame({"id": range(5), "text": [f"t{i}!" for i in range(5)]}))
+
+    raw.hdel(hash_name, "[0]")
+    raw.hset(hash_name, "[3]", '{"text":"changed"}')
+    run_steps(ds, steps)
+    expected = pd.DataFrame({"id": [1, 2, 3, 4], "text": ["t1!", "t2!", "changed!", "t4!"]})
+    assert_datatable_equal(ds.get_table("out"), expected)
+    raw.delete(hash_name)
