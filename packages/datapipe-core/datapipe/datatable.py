@@ -159,7 +159,7 @@ class DataTable:
         store_idx = idx if store_idx is None else store_idx
         if len(store_idx) == 0:
             return
-        if delete_store:
+        if delete_store and self.table_store.caps.supports_delete:
             self.table_store.delete_rows(store_idx)
             if fault_hook is not None:
                 fault_hook("after_data_delete", self)

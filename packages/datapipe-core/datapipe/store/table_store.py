@@ -126,6 +126,8 @@ class TableDataSingleFileStore(TableStore):
     Subclasses implement ``load_file`` and ``save_file``; writes rewrite the file.
     """
 
+    caps = TableStoreCaps(supports_get_schema=False)
+
     def __init__(self, filename: Union[str, Path], primary_schema: Optional[DataSchema] = None) -> None:
         if primary_schema is None:
             primary_schema = [Column("id", String, primary_key=True)]
