@@ -95,6 +95,14 @@ def _start_or_skip(server: ExtraRedisServer) -> ExtraRedisServer:
         pytest.skip(f"Redis is not available: {e}")
 
 
+@pytest.fixture
+def private_redis() -> Iterator[ExtraRedisServer]:
+    """A server of the test's own (e.g. so command counts are not disturbed by anyone else)."""
+    server = _start_or_skip(ExtraRedisServer())
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_password_server() -> Iterator[ExtraRedisServer]:
     """A server that requires the password ``s3cret-pw``."""

@@ -63,10 +63,10 @@ def test_key_layout_is_one_hash_with_json_fields(redis_store_maker, redis_url):
     assert got.to_dict("records") == [{"image_id": 7, "model": "ext", "score": 1.5, "label": None}]
 
 
-def test_each_batch_is_a_few_commands_not_one_per_row(redis_store_maker, redis_url):
-    client = raw_client(redis_url)
+def test_each_batch_is_a_few_commands_not_one_per_row(private_redis):
+    client = raw_client(private_redis.url)
     client.config_resetstat()
-    store = redis_store_maker(schema())
+    store = RedisStore(private_redis.url, "batched", schema())
     n = 2 * COMMAND_BATCH + 10
     df = sample(n)
     store.insert_rows(df)
