@@ -52,7 +52,8 @@ def milvus(session: nox.Session) -> None:
 @nox.session
 def cli(session: nox.Session) -> None:
     """The `datapipe` command line and the progress display (SQLite; psycopg for the unreachable-DB case)."""
-    install_core(session, "postgres")
+    install_core(session, "postgres,otel")
+    session.install("opentelemetry-sdk")
     session.run("pytest", "tests/cli", *session.posargs)
 
 

@@ -98,7 +98,11 @@ class CliContext:
             raise CliUsageError(str(e)) from e
 
     def callbacks(self, progress: RunCallback) -> RunCallback:
+        from datapipe.tracing import OtelRunCallback, otel_available
+
         callbacks = [progress]
+        if otel_available():
+            callbacks.append(OtelRunCallback())
         if not self.no_callbacks:
             from datapipe.plugins import get_run_callbacks
 
