@@ -234,6 +234,8 @@ def test_constructor_validation():
         RedisStore("redis://127.0.0.1:6379/0", "t", [Column("a", String)])
     with pytest.raises(ValueError, match="redis URL"):
         RedisStore(None, "t", schema())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"RedisStore 't': connection 'http://u:\*\*\*@h:1' is not a redis URL"):
+        RedisStore("http://u:pw@h:1", "t", schema())
 
 
 # ---------------------------------------------------------------- plugin

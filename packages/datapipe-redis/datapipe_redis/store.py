@@ -61,6 +61,12 @@ class RedisStore(TableStore):
     ) -> None:
         if not isinstance(connection, str) or not connection:
             raise ValueError(f"RedisStore {name!r}: connection must be a redis URL string, got {connection!r}")
+        scheme = connection.split("://", 1)[0] if "://" in connection else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"RedisStore {name!r}: connection {mask_url(connection)!r} is not a redis URL "
+                "(redis://host:port/db, rediss:// or unix://)"
+            )
         self.connection = connection
         self.name = name
         self.data_sql_schema: List[Column] = list(data_sql_schema)
