@@ -152,6 +152,7 @@ class KeyIn(ColumnElement[bool]):
 
     type = Boolean()
     inherit_cache = True
+    _is_implicitly_boolean = True  # a predicate: no "= 1" appended on dialects without native booleans
     _traverse_internals = [
         ("column", InternalTraversal.dp_clauseelement),
         ("values", InternalTraversal.dp_clauseelement),
