@@ -8,7 +8,7 @@ Layout (see the package README):
   when it is longer than Elasticsearch's 512-byte limit;
 * the document body holds every column, keys included (so documents can be searched by key),
   under its field name (``key_name_remapping`` renames columns to fields), values encoded as JSON by
-  column type (see :mod:`datapipe_elastic.codec`).
+  column type (see :mod:`datapipe.store.json_codec`).
 
 Writes and deletes go through the bulk API (``helpers.streaming_bulk``), reads by key through
 ``mget``, reading everything pages with scroll (``helpers.scan``) after a refresh.
@@ -25,9 +25,9 @@ from sqlalchemy import Column
 
 from datapipe.run_config import RunConfig
 from datapipe.store.database import mask_url
+from datapipe.store.json_codec import decode_frame, dumps, empty_frame, encode_column
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
-from datapipe_elastic.codec import decode_frame, dumps, empty_frame, encode_column
 
 # Elasticsearch rejects ``_id`` values longer than 512 bytes.
 MAX_ID_BYTES = 512

@@ -23,9 +23,7 @@ from sqlalchemy import Column
 
 from datapipe.run_config import RunConfig
 from datapipe.store.database import mask_url
-from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
-from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
-from datapipe_redis.codec import (
+from datapipe.store.json_codec import (
     decode_frame,
     empty_frame,
     encode_column,
@@ -34,6 +32,8 @@ from datapipe_redis.codec import (
     json_texts,
     loads_many,
 )
+from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
+from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 
 # Fields per HSET/HMGET/HDEL command: big enough to amortise, small enough not to block the server.
 COMMAND_BATCH = 5000

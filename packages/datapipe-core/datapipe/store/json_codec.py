@@ -7,7 +7,7 @@ floats stay floats, strings, booleans and nulls round-trip, datetimes are stored
 text and come back as ``datetime64``, dates as ISO text and come back as ``datetime.date``,
 binary columns are stored base64-encoded, JSON columns (lists, dicts, numpy arrays) as JSON.
 
-Nothing here imports ``redis``; the functions are pure and unit-tested without a server.
+Used by the stores that keep rows as JSON (Redis, Elasticsearch); pure functions, no client library.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import JSON, Boolean, Column, Date, DateTime, Float, Integer, LargeBinary, String
 
-from datapipe_redis.codec import (
+from datapipe.store.json_codec import (
     decode_column,
     decode_frame,
     dumps,
