@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pandas as pd
 import pytest
+from conftest import redis_store_available
 from sqlalchemy import Column, Integer, String
 
 import datapipe.datatable as datatable
@@ -19,8 +20,6 @@ from datapipe.datatable import DataStore
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import DBConn, TableStoreDB
 from datapipe.tests.util import assert_datatable_equal
-
-from conftest import redis_store_available
 
 
 class Crash(BaseException):
@@ -67,8 +66,10 @@ def out_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
 
 def _pipeline(dbconn, out_store):
     ds = DataStore(dbconn, create_meta_table=True)
-    catalog = Catalog({"inp": Table(TableStoreDB(dbconn, "inp", schema(), create_table=True)), "out": Table(out_store)})
-    pipe = Pipeline([BatchTransform(lambda df: df.assign(a=df["a"] + "!"), ["inp"], ["out"], name="excl", chunk_size=4)])
+    inp = Table(TableStoreDB(dbconn, "inp", schema(), create_table=True))
+    catalog = Catalog({"inp": inp, "out": Table(out_store)})
+    step = BatchTransform(lambda df: df.assign(a=df["a"] + "!"), ["inp"], ["out"], name="excl", chunk_size=4)
+    pipe = Pipeline([step])
     return ds, build_compute(ds, catalog, pipe)
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs, step_name
 from datapipe.datatable import DataStore, DataTable
 from datapipe.executor import Executor
+from datapipe.meta.locks import step_lock
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, Labels, TransformResult
 
@@ -77,9 +78,10 @@ class BatchGenerateStep(ComputeStep):
         if callback is not None:
             callback.on_step_start(self, 0)
         try:
-            do_batch_generate(
-                self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs
-            )
+            with step_lock(ds.meta_dbconn, self.name):  # one runner per step; see datapipe.meta.locks
+                do_batch_generate(
+                    self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs
+                )
         except Exception as e:
             if callback is not None:
                 callback.on_step_error(self, e)

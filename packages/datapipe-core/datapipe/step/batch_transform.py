@@ -38,6 +38,7 @@ from datapipe.compute import (
 from datapipe.datatable import DataStore
 from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor, note_deleted
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
+from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.run_config import LabelDict, RunConfig
 from datapipe.settings import settings
@@ -240,14 +241,15 @@ class BaseBatchTransformStep(ComputeStep):
         self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
     ) -> None:
         run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
-        idx, high = self.get_changed_idx(ds, run_config)
-        count, batches = self._batches(idx)
-        logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
-        self._execute(ds, count, batches, run_config, executor)
-        if self._can_advance_watermark(run_config):
-            self.meta.set_watermarks(
-                {k: (v - settings.watermark_lag if v is not None else None) for k, v in high.items()}
-            )
+        with step_lock(ds.meta_dbconn, self.name):  # one runner per step; see datapipe.meta.locks
+            idx, high = self.get_changed_idx(ds, run_config)
+            count, batches = self._batches(idx)
+            logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
+            self._execute(ds, count, batches, run_config, executor)
+            if self._can_advance_watermark(run_config):
+                self.meta.set_watermarks(
+                    {k: (v - settings.watermark_lag if v is not None else None) for k, v in high.items()}
+                )
 
     def run_changelist(
         self,
@@ -257,8 +259,9 @@ class BaseBatchTransformStep(ComputeStep):
         executor: Optional[Executor] = None,
     ) -> ChangeList:
         run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
-        count, batches = self.get_change_list_process_ids(ds, change_list, run_config)
-        return self._execute(ds, count, batches, run_config, executor)
+        with step_lock(ds.meta_dbconn, self.name):
+            count, batches = self.get_change_list_process_ids(ds, change_list, run_config)
+            return self._execute(ds, count, batches, run_config, executor)
 
     def run_idx(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
         return self.process_batch(ds, idx, run_config)

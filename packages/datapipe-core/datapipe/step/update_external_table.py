@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs
 from datapipe.datatable import DataStore
 from datapipe.executor import Executor
+from datapipe.meta.locks import step_lock
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, Labels
 
@@ -32,7 +33,8 @@ class UpdateExternalTableStep(ComputeStep):
         callback = run_config.callback if run_config else None
         if callback is not None:
             callback.on_step_start(self, 0)
-        update_external_table(ds, self.output_dts[0], run_config)
+        with step_lock(ds.meta_dbconn, self.name):  # one runner per step; see datapipe.meta.locks
+            update_external_table(ds, self.output_dts[0], run_config)
         if callback is not None:
             callback.on_step_success(self)
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
 import pandas as pd
 from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, select, tuple_
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -177,9 +177,19 @@ class DBConn:
         else:
             table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes)
         if create:
+            self._create_table(table)
+        return table
+
+    def _create_table(self, table: Table) -> None:
+        """``CREATE TABLE`` unless it exists; tolerates another process creating it at the same moment."""
+        try:
             with self.begin() as con:
                 table.create(con, checkfirst=True)
-        return table
+        except (StoreError, DBAPIError):
+            # Two runners starting together both see "no such table" and both create it; the
+            # loser fails ("already exists", or a unique violation in PostgreSQL's catalog).
+            if not self.has_table(str(table.name)):
+                raise
 
     def has_table(self, name: str) -> bool:
         with self.begin() as con:
