@@ -8,7 +8,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins"]
+nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability"]
 
 CORE = "./packages/datapipe-core"
 TEST_DEPS = ["pytest>=8", "pytest-timeout"]
@@ -94,3 +94,14 @@ def plugins(session: nox.Session) -> None:
     install_core(session)
     session.install("--force-reinstall", "--no-deps", "./tests/plugin_example", "./tests/plugin_broken")
     session.run("pytest", "tests/plugins", *session.posargs)
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Crash (SIGKILL) loop, fault injection, bad input, outages, concurrent runners, security.
+
+    SQLite and PostgreSQL metadata; Redis output. RELIABILITY_RECORDS / RELIABILITY_KILLS scale the crash loop.
+    """
+    install_core(session)
+    session.install("redis", "-e", "./packages/datapipe-redis")
+    session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", *session.posargs)
