@@ -5,8 +5,8 @@
     datapipe --executor ray run                             # the same from the CLI
 
 Each batch of keys becomes one Ray task with the step's ``ExecutorConfig`` resources
-(``cpu`` -> ``num_cpus``, ``gpu`` -> ``num_gpus``, ``memory`` bytes); at most ``parallelism``
-tasks are in flight, and key batches are pulled from the step's iterator only as slots free
+(``cpu`` -> ``num_cpus``, default 1; ``gpu`` -> ``num_gpus``; ``memory`` bytes); at most ``parallelism``
+tasks are in flight (100 when None), and key batches are pulled from the step's iterator only as slots free
 up. The step and the ``DataStore`` are shipped once per step run (one object in the Ray object
 store, so the step's tables and the store share one ``DBConn`` and keep the one-transaction
 durability) and unpickled once per worker process.
@@ -46,6 +46,8 @@ logger = logging.getLogger("datapipe.executor.ray")
 # Per worker process: payload token -> (ds, process_fn), so a step is unpickled once per worker.
 _PAYLOADS: OrderedDict[str, Tuple[Any, Any]] = OrderedDict()
 _MAX_CACHED = 4
+# Tasks in flight when ExecutorConfig.parallelism is None.
+DEFAULT_PARALLELISM = 100
 
 
 class _ErrorCollector(RunCallback):
@@ -70,8 +72,17 @@ def _payload(token: str, ref: List[Any]) -> Tuple[Any, Any]:
     if token not in _PAYLOADS:
         _PAYLOADS[token] = ray.get(ref[0])
         while len(_PAYLOADS) > _MAX_CACHED:
-            _PAYLOADS.popitem(last=False)
+            _, (old_ds, _fn) = _PAYLOADS.popitem(last=False)
+            _dispose(old_ds)
     return _PAYLOADS[token]
+
+
+def _dispose(ds: Any) -> None:
+    """Close the connection pool of an evicted payload's metadata database (best effort)."""
+    try:
+        ds.meta_dbconn.con.dispose()
+    except Exception:  # noqa: BLE001
+        logger.debug("could not dispose an evicted DataStore", exc_info=True)
 
 
 def _run_batch(
@@ -131,7 +142,7 @@ class RayExecutor(Executor):
     ) -> ChangeList:
         self._ensure_ray()
         config = executor_config or ExecutorConfig()
-        parallelism = max(1, config.parallelism or 1)
+        parallelism = max(1, config.parallelism if config.parallelism is not None else DEFAULT_PARALLELISM)
         run_config = run_config or RunConfig()
         callback = run_config.callback
         worker_rc = RunConfig(filters=run_config.filters, labels=run_config.labels, fail_fast=run_config.fail_fast)
