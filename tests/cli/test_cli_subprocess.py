@@ -4,6 +4,7 @@
 default ``--pipeline app:app`` and the working directory on ``sys.path`` are exercised.
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -88,3 +89,42 @@ def test_unreachable_database_with_password_subprocess(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --pipeline 'app:app': importing 'app' failed: StoreError")
     assert "bob:***@127.0.0.1" in lines[0]
+
+
+def run_on_pty(args, cwd, env):
+    """Run the console script with stdout/stderr on a pseudo-terminal; return everything it wrote."""
+    import pty
+    import select
+    import subprocess
+
+    from conftest import datapipe_executable
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([datapipe_executable(), *args], cwd=cwd, env=env, stdout=slave, stderr=slave,
+                            stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_on_a_real_terminal(workdir):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATAPIPE_DB", "N_ROWS", "NO_COLOR")}
+    env.update({"TERM": "xterm-256color", "COLUMNS": "160"})
+    code, text = run_on_pty(["run"], workdir, env)
+    assert code == 0, text
+    assert "\x1b[" in text  # a live display
+    assert "3/3" in text and "batches" in text and "10 rows" in text and "rows/s" in text
+    assert "datapipe run summary" in text
