@@ -1,11 +1,11 @@
 """Bulk SQL writes with as little per-row work as the driver allows.
 
 ``bulk_upsert`` writes a DataFrame with one ``INSERT ... ON CONFLICT DO UPDATE`` handed to the
-driver's ``executemany`` as plain tuples (SQLite, psycopg 3 which pipelines the statements), or,
-on PostgreSQL with psycopg 3 and large frames, with ``COPY`` into a temporary table followed by one
-``INSERT ... SELECT ... ON CONFLICT``. SQLAlchemy's per-row parameter processing (dicts, type
-processors) is skipped for columns whose type needs none; columns that need one (JSON, DateTime on
-SQLite, ...) are processed like SQLAlchemy would.
+driver's ``executemany`` as plain tuples (SQLite; psycopg 3 pipelines them), or, on PostgreSQL with
+psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) ON CONFLICT`` with
+one array parameter per column (one round trip per chunk). SQLAlchemy's per-row parameter
+processing (dicts, type processors) is skipped for columns whose type needs none; columns that need
+one (JSON, DateTime on SQLite, ...) are processed like SQLAlchemy would.
 """
 
 from __future__ import annotations
@@ -14,14 +14,27 @@ import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
-from sqlalchemy import Boolean, Float, String, Table, TypeDecorator, bindparam
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    TypeDecorator,
+    bindparam,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-# Frames at least this long go through COPY on PostgreSQL (psycopg 3); smaller ones use executemany.
-COPY_MIN_ROWS = 200
+# Frames at least this long are sent as arrays on PostgreSQL (psycopg 3); smaller ones use executemany.
+UNNEST_MIN_ROWS = 20
 
 _SQL_CACHE: Dict[Tuple[Any, ...], str] = {}
 
@@ -44,8 +57,8 @@ def _processor(con: Connection, table: Table, column: str, series: pd.Series) ->
     return col_type._cached_bind_processor(con.dialect)  # type: ignore[no-any-return]
 
 
-def df_to_tuples(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str]) -> List[Tuple[Any, ...]]:
-    """Rows of ``df[columns]`` as driver-ready tuples (bind processors applied where the type has one)."""
+def df_to_columns(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str]) -> List[List[Any]]:
+    """Values of each of ``columns`` as driver-ready lists (bind processors applied where the type has one)."""
     col_values = []
     for c in columns:
         values = _values(df[c])
@@ -53,7 +66,12 @@ def df_to_tuples(con: Connection, table: Table, df: pd.DataFrame, columns: Seque
         if proc is not None:
             values = [None if v is None else proc(v) for v in values]
         col_values.append(values)
-    return list(zip(*col_values))
+    return col_values
+
+
+def df_to_tuples(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str]) -> List[Tuple[Any, ...]]:
+    """Rows of ``df[columns]`` as driver-ready tuples."""
+    return list(zip(*df_to_columns(con, table, df, columns)))
 
 
 def _quote(con: Connection, name: str) -> str:
@@ -87,34 +105,52 @@ def _is_psycopg3(con: Connection) -> bool:
     return con.dialect.name == "postgresql" and con.dialect.driver == "psycopg"
 
 
-def _copy_upsert(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str], rows: List[Any]) -> None:
-    """COPY ``rows`` into a per-transaction temp table, then one INSERT ... SELECT ... ON CONFLICT."""
-    target = con.dialect.identifier_preparer.format_table(table)
-    tmp = _quote(con, f"_dp_tmp_{table.schema or ''}_{table.name}"[:63])
-    cols = ", ".join(_quote(con, c) for c in columns)
-    raw = con.connection.driver_connection
-    with raw.cursor() as cur:  # type: ignore[union-attr]
-        cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {tmp} AS SELECT {cols} FROM {target} WITH NO DATA"
-        )
-        cur.execute(f"TRUNCATE {tmp}")
-        with cur.copy(f"COPY {tmp} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(
-            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {tmp}" + _conflict_clause(con, columns, keys)
-        )
+# Column types whose PostgreSQL arrays unnest element by element into the same type.
+_UNNEST_TYPES = (Integer, Float, Numeric, String, Boolean, DateTime, Date)
+
+
+def _unnest_types(con: Connection, table: Table, columns: Sequence[str]) -> Optional[List[str]]:
+    """SQL type names for ``unnest(%s::type[], ...)``, or None when a column type does not allow it."""
+    names = []
+    for c in columns:
+        col_type = table.c[c].type
+        if not isinstance(col_type, _UNNEST_TYPES) or isinstance(col_type, (Enum, ARRAY)):
+            return None
+        names.append(col_type.compile(dialect=con.dialect))
+    return names
+
+
+def _unnest_upsert(
+    con: Connection,
+    table: Table,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    values: List[List[Any]],
+    types: List[str],
+) -> None:
+    """One ``INSERT ... SELECT * FROM unnest(arrays) ON CONFLICT``: one round trip, one statement."""
+    cache_key = ("unnest", table, tuple(columns), tuple(keys))
+    sql = _SQL_CACHE.get(cache_key)
+    if sql is None:
+        target = con.dialect.identifier_preparer.format_table(table)
+        cols = ", ".join(_quote(con, c) for c in columns)
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        sql = f"INSERT INTO {target} ({cols}) SELECT * FROM unnest({arrays})" + _conflict_clause(con, columns, keys)
+        _SQL_CACHE[cache_key] = sql
+    con.exec_driver_sql(sql, tuple(values))
 
 
 def bulk_upsert(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str], keys: Sequence[str]) -> None:
     """Insert the rows of ``df[columns]`` into ``table``, updating rows whose ``keys`` already exist."""
     if len(df) == 0:
         return
-    rows = df_to_tuples(con, table, df, columns)
-    if _is_psycopg3(con) and len(rows) >= COPY_MIN_ROWS:
-        _copy_upsert(con, table, columns, keys, rows)
-        return
-    con.exec_driver_sql(upsert_sql(con, table, columns, keys), rows)  # type: ignore[arg-type]
+    values = df_to_columns(con, table, df, columns)
+    if _is_psycopg3(con) and len(df) >= UNNEST_MIN_ROWS:
+        types = _unnest_types(con, table, columns)
+        if types is not None:
+            _unnest_upsert(con, table, columns, keys, values, types)
+            return
+    con.exec_driver_sql(upsert_sql(con, table, columns, keys), list(zip(*values)))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- key lists as one bound parameter
