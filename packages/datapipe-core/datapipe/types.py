@@ -62,6 +62,7 @@ class ChangeList:
     def __init__(self, changes: Optional[Dict[str, IndexDF]] = None) -> None:
         self._changes: Dict[str, IndexDF] = dict(changes or {})
         self._parts: Dict[str, List[IndexDF]] = {}
+        self.deleted_count = 0  # how many of the keys are deletions; progress statistics only
 
     def __repr__(self) -> str:
         return f"ChangeList({ {k: len(v) for k, v in self.changes.items()} })"
@@ -95,6 +96,7 @@ class ChangeList:
         for key, parts in other._parts.items():
             for idx in parts:
                 self.append(key, idx)
+        self.deleted_count += other.deleted_count
 
     def empty(self) -> bool:
         return not self._changes and not self._parts

@@ -35,16 +35,10 @@ class ExecutorConfig:
 # --- batch statistics for progress reporting (issue 5) -----------------------------------------
 
 
-def note_deleted(changes: ChangeList, deleted: int) -> ChangeList:
-    """Record on a batch's ``ChangeList`` how many of its keys are deletions (read by ``batch_stats``)."""
-    changes.deleted_count = deleted  # type: ignore[attr-defined]
-    return changes
-
-
 def batch_stats(changes: ChangeList) -> Dict[str, int]:
     """``changed`` (new or updated) and ``deleted`` output keys of one batch's ``ChangeList``."""
     total = sum(len(idx) for idx in changes.changes.values())
-    deleted = int(getattr(changes, "deleted_count", 0))
+    deleted = changes.deleted_count
     return {"changed": total - deleted, "deleted": deleted}
 
 

@@ -36,12 +36,14 @@ from datapipe.compute import (
     step_name,
 )
 from datapipe.datatable import DataStore
-from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor, note_deleted
+from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.run_config import LabelDict, RunConfig
 from datapipe.settings import settings
+from datapipe.store.sql_checks import BASIC, python_type
+from datapipe.store.table_store import StoreError
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
 
 logger = logging.getLogger("datapipe.step.batch_transform")
@@ -66,6 +68,7 @@ def compute_transform_schema(
     transform_keys: Optional[List[str]],
 ) -> DataSchema:
     """Transform keys (with column types) of a step; see the module docstring."""
+    check_key_types(name, inputs, outputs)
     in_cols = [kv for ci in inputs for kv in _transform_space(ci.dt.primary_schema, ci.keys)]
     out_cols = [kv for co in outputs for kv in _transform_space(co.dt.primary_schema, co.keys)]
     meta_cols = [kv for ci in inputs for kv in _transform_space(ci.dt.meta.meta_schema, ci.keys)]
@@ -86,6 +89,31 @@ def compute_transform_schema(
     if unknown:
         raise ValueError(f"step {name!r}: transform key(s) {unknown} are not columns of any input or output")
     return [Column(k, types[k], primary_key=True) for k in keys]
+
+
+def _with_context(error: Exception, context: str) -> Exception:
+    """``error`` again (same type) with ``context`` in front of its message, unless it already names it."""
+    if str(error).startswith(context.split(",")[0]) or type(error) not in (ValueError, TypeError, StoreError):
+        return error
+    return type(error)(f"{context}: {error}")
+
+
+def check_key_types(name: str, inputs: Sequence[ComputeInput], outputs: Sequence[ComputeOutput]) -> None:
+    """Raise ``ValueError`` when a key column has different types in two of the step's tables."""
+    seen: Dict[str, Tuple[str, Any]] = {}
+    for table in [*inputs, *outputs]:
+        for key, col in _transform_space(table.dt.primary_schema, table.keys):
+            want = python_type(col.type)
+            if key not in seen:
+                seen[key] = (table.name, col.type)
+                continue
+            first, first_type = seen[key]
+            have = python_type(first_type)
+            if want in BASIC and have in BASIC and want is not have:
+                raise ValueError(
+                    f"step {name!r}: key {key!r} is {first_type} in table {first!r} but {col.type} in table "
+                    f"{table.name!r}; rows cannot be matched across them (use InputSpec(keys=...) or fix a schema)"
+                )
 
 
 def normalise_filters(filters: Filters) -> List[LabelDict]:
@@ -340,17 +368,19 @@ class BaseBatchTransformStep(ComputeStep):
         n_deleted = 0
         with ds.meta_dbconn.transaction():
             for frame, co in zip(frames, self.output_dts):
-                changed, deleted = co.dt.store_chunk_changes(
-                    frame,
-                    self._output_idx(co, idx),
-                    now=time.time(),
-                    context=f"step {self.name!r}, result for table {co.name!r}",
-                )
+                context = f"step {self.name!r}, result for table {co.name!r}"
+                try:
+                    changed, deleted = co.dt.store_chunk_changes(
+                        frame, self._output_idx(co, idx), now=time.time(), context=context
+                    )
+                except (ValueError, TypeError, StoreError) as e:
+                    raise _with_context(e, context) from e
                 changes.append(co.name, changed)
                 changes.append(co.name, deleted)
                 n_deleted += len(deleted)
             self.meta.mark_success(idx, started)
-        return note_deleted(changes, n_deleted)  # deletion count for progress stats (issue 5)
+        changes.deleted_count = n_deleted
+        return changes
 
     # ------------------------------------------------------------------ reading inputs
 
