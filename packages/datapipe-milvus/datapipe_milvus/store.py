@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar, Union
 
+import numpy as np
 import pandas as pd
 from pymilvus import DataType, MilvusClient
 from sqlalchemy import Column, String
 
 from datapipe.run_config import RunConfig
+from datapipe.store.json_codec import ANY, BOOL, BYTES, DATE, DATETIME, FLOAT, INT, STR, column_kind
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 from datapipe_milvus import client as mclient
-from datapipe_milvus.convert import column_kind, key_strings, records_frame, to_field_values, vectors_to_lists
+from datapipe_milvus.convert import encode_values, key_strings, records_frame, vectors_to_lists
 
 T = TypeVar("T")
 
@@ -21,13 +23,14 @@ HIDDEN_KEY = "_datapipe_key"
 HIDDEN_VECTOR = "_datapipe_vector"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCALAR_TYPES = {
-    "int": DataType.INT64,
-    "float": DataType.DOUBLE,
-    "bool": DataType.BOOL,
-    "str": DataType.VARCHAR,
-    "datetime": DataType.VARCHAR,
-    "bytes": DataType.VARCHAR,
-    "json": DataType.JSON,
+    INT: DataType.INT64,
+    FLOAT: DataType.DOUBLE,
+    BOOL: DataType.BOOL,
+    STR: DataType.VARCHAR,
+    DATETIME: DataType.VARCHAR,
+    DATE: DataType.VARCHAR,
+    BYTES: DataType.VARCHAR,
+    ANY: DataType.JSON,
 }
 
 
@@ -136,13 +139,18 @@ class MilvusStore(TableStore):
             raise ValueError(f"{what}: dim (the vector dimension) is required with embedding_field")
 
     @property
+    def columns(self) -> Dict[str, Column]:
+        """Schema columns by name, in schema order."""
+        return {str(c.name): c for c in self.schema}
+
+    @property
     def kinds(self) -> Dict[str, str]:
         return {str(c.name): column_kind(c) for c in self.schema}
 
     @property
     def pk_field_name(self) -> str:
         """The Milvus primary field: the key column itself, or the hidden JSON key field."""
-        if len(self.pk_fields) == 1 and self.kinds[self.pk_fields[0]] == "int":
+        if len(self.pk_fields) == 1 and self.kinds[self.pk_fields[0]] == INT:
             return self.pk_fields[0]
         return HIDDEN_KEY
 
@@ -214,7 +222,7 @@ class MilvusStore(TableStore):
             kind = kinds[name]
             extra: Dict[str, Any] = {}
             if _SCALAR_TYPES[kind] == DataType.VARCHAR:
-                extra["max_length"] = self._varchar_length(col) if kind == "str" else self.varchar_max_length
+                extra["max_length"] = self._varchar_length(col) if kind == STR else self.varchar_max_length
             if name == pk:
                 schema.add_field(name, _SCALAR_TYPES[kind], is_primary=True, **extra)
             else:
@@ -268,17 +276,21 @@ class MilvusStore(TableStore):
             if df[key].isna().any():
                 raise ValueError(f"{self.describe()}: {what} has null values in primary key column {key!r}")
 
+    def _encode(self, df: pd.DataFrame, name: str) -> List[Any]:
+        try:
+            return encode_values(df[name], self.columns[name])
+        except ValueError as e:
+            raise ValueError(f"{self.describe()}: {e}") from e
+
     def _ids(self, idx: pd.DataFrame) -> List[Any]:
-        kinds = self.kinds
-        values = [to_field_values(idx[k], kinds[k]) for k in self.pk_fields]
+        values = [self._encode(idx, k) for k in self.pk_fields]
         if self.pk_field_name == HIDDEN_KEY:
             return key_strings(values)
         return values[0]
 
     def _rows(self, df: pd.DataFrame) -> List[Dict[str, Any]]:
-        kinds = self.kinds
-        names = [c for c in kinds if c != self.embedding_field]
-        columns = [to_field_values(df[c], kinds[c]) for c in names]
+        names = [c for c in self.columns if c != self.embedding_field]
+        columns = [self._encode(df, c) for c in names]
         if self.pk_field_name == HIDDEN_KEY:
             names.append(HIDDEN_KEY)
             columns.append(self._ids(df))
@@ -294,15 +306,15 @@ class MilvusStore(TableStore):
         return [str(c.name) for c in self.schema]
 
     def _frame(self, rows: Sequence[Dict[str, Any]], with_vectors: bool = True) -> pd.DataFrame:
-        kinds = self.kinds
         vectors = None
+        columns = self.get_schema()
         if self.embedding_field is not None:
             if with_vectors:
-                vectors = [[float(x) for x in r[self.embedding_field]] for r in rows]
+                # FLOAT_VECTOR values are float32: converting through numpy is exact and C-speed
+                vectors = np.asarray([r[self.embedding_field] for r in rows], dtype="float32").tolist() if rows else []
             else:
-                kinds = {c: k for c, k in kinds.items() if c != self.embedding_field}
-        frame = records_frame(rows, vectors, kinds, self.embedding_field)
-        return frame[self.pk_fields + [c for c in kinds if c not in self.pk_fields]]
+                columns = [c for c in columns if c.name != self.embedding_field]
+        return records_frame(rows, vectors, columns, self.embedding_field)
 
     def _concat(self, frames: List[pd.DataFrame]) -> pd.DataFrame:
         frames = [f for f in frames if len(f)]

@@ -1,114 +1,43 @@
 """Conversions between DataFrame columns and Qdrant payloads / point ids.
 
-Every column is converted according to its SQLAlchemy type, so what is written reads back
-with the same meaning: integers, floats, booleans and strings as JSON values, datetimes as
-ISO-8601 strings, bytes as base64, JSON/array columns as they are.
+Column values go through the core's schema-driven JSON codec (``datapipe.store.json_codec``),
+so they read back with the dtypes the SQL store would return: integers, floats, booleans and
+strings as JSON values, datetimes as ISO-8601 text, bytes as base64, JSON columns as JSON.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import JSON, Boolean, Column, Date, DateTime, Float, Integer, LargeBinary, Numeric, String
+from sqlalchemy import Column
 
-# Point ids of non-integer keys: uuid5(KEY_NAMESPACE, json.dumps([key values])).
+from datapipe.store.json_codec import ANY, column_kind, decode_column, dumps, encode_column, loads_many
+
+# Point ids of non-integer keys: uuid5(KEY_NAMESPACE, compact JSON of the key tuple).
 KEY_NAMESPACE = uuid.UUID("2f5bd8c4-6c1e-5d6c-9e0a-6b1f3a9d7c21")
 _MAX_UINT64 = 2**64 - 1
 
 
-def column_kind(col: Column) -> str:
-    """One of ``int``, ``float``, ``bool``, ``str``, ``datetime``, ``bytes``, ``json`` for a column."""
-    t = col.type
-    if isinstance(t, Boolean):
-        return "bool"
-    if isinstance(t, Integer):
-        return "int"
-    if isinstance(t, (Float, Numeric)):
-        return "float"
-    if isinstance(t, (DateTime, Date)):
-        return "datetime"
-    if isinstance(t, LargeBinary):
-        return "bytes"
-    if isinstance(t, String):
-        return "str"
-    if isinstance(t, JSON):
-        return "json"
-    return "json"
-
-
-def _objects(series: pd.Series) -> List[Any]:
-    """Values as Python objects, NaN/NaT/NA as None."""
-    obj = series.astype(object)
-    return obj.where(series.notna(), None).tolist()
-
-
-def _plain(value: Any) -> Any:
-    """JSON-compatible value for a JSON/array column cell (numpy arrays and scalars unwrapped)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def to_payload_values(series: pd.Series, kind: str) -> List[Any]:
-    """JSON-compatible payload values of ``series`` (a column of type ``kind``), None for NULL."""
-    if kind == "int":
-        if series.dtype.kind in "iu":
-            return series.tolist()
-        return [None if v is None else int(v) for v in _objects(series)]
-    if kind == "float":
-        values = pd.to_numeric(series, errors="raise").astype("float64")
-        return _objects(values)
-    if kind == "bool":
-        if series.dtype.kind == "b":
-            return series.tolist()
-        return [None if v is None else bool(v) for v in _objects(series)]
-    if kind == "datetime":
-        ts = pd.to_datetime(series)
-        if getattr(ts.dt, "tz", None) is not None:
-            ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-        return _objects(ts.dt.strftime("%Y-%m-%dT%H:%M:%S.%f"))
-    if kind == "bytes":
-        return [None if v is None else base64.b64encode(bytes(v)).decode("ascii") for v in _objects(series)]
-    if kind == "str":
-        return [None if v is None else str(v) for v in _objects(series)]
-    return [None if v is None else _plain(v) for v in series.astype(object).tolist()]
-
-
-def from_payload_values(values: Sequence[Any], kind: str) -> pd.Series:
-    """A Series of the column's natural dtype from payload values (inverse of ``to_payload_values``)."""
-    has_null = any(v is None for v in values)
-    if kind == "int":
-        return pd.Series(values, dtype="Int64" if has_null else "int64")
-    if kind == "float":
-        return pd.Series([np.nan if v is None else v for v in values], dtype="float64")
-    if kind == "bool":
-        return pd.Series(values, dtype="boolean" if has_null else "bool")
-    if kind == "datetime":
-        return pd.Series(pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601"), dtype="datetime64[ns]")
-    if kind == "bytes":
-        return pd.Series([None if v is None else base64.b64decode(v) for v in values], dtype=object)
-    return pd.Series(list(values), dtype=object)
-
-
-def empty_series(kind: str) -> pd.Series:
-    dtypes = {"int": "int64", "float": "float64", "bool": "bool", "datetime": "datetime64[ns]"}
-    return pd.Series([], dtype=dtypes.get(kind, object))
+def encode_values(series: pd.Series, column: Column) -> List[Any]:
+    """JSON-compatible values of ``series`` for ``column`` (None for NULL); raises ``ValueError`` on bad types."""
+    values = encode_column(series, column)
+    if column_kind(column) == ANY:
+        # numpy arrays/scalars or datetimes nested in JSON values become plain JSON
+        values = loads_many([dumps(v) for v in values])
+    return values
 
 
 def point_ids(key_values: Sequence[List[Any]], int_passthrough: bool) -> List[Any]:
-    """Deterministic Qdrant point ids for rows whose key values are ``key_values`` (one list per key column).
+    """Deterministic Qdrant point ids for rows whose encoded key values are ``key_values`` (one list per key).
 
     With a single integer key (``int_passthrough``), values in ``[0, 2**64)`` are used as they are;
-    every other key (strings, composite keys, negative integers) maps to
+    every other key (strings, composite keys, negative integers, floats, datetimes) maps to
     ``uuid5(KEY_NAMESPACE, json.dumps([v1, v2, ...], separators=(",", ":"), ensure_ascii=False))``
-    where the values are the payload values (datetimes as ISO strings).
+    where the values are the encoded payload values (datetimes as ISO strings).
     """
     if int_passthrough and len(key_values) == 1:
         return [v if 0 <= v <= _MAX_UINT64 else _key_uuid([v]) for v in key_values[0]]
@@ -126,8 +55,8 @@ def vectors_to_lists(series: pd.Series, what: str, size: Optional[int]) -> List[
         raise ValueError(f"{what}: embedding column {series.name!r} contains null vectors")
     try:
         matrix = np.stack([np.asarray(v, dtype="float64") for v in values])
-    except ValueError as e:
-        raise ValueError(f"{what}: embedding column {series.name!r} has vectors of different lengths ({e})") from e
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: embedding column {series.name!r} must hold equal-length float vectors ({e})") from e
     if matrix.ndim != 2:
         raise ValueError(f"{what}: embedding column {series.name!r} must hold 1-d vectors, got shape {matrix.shape}")
     if size is not None and matrix.shape[1] != size:
@@ -144,16 +73,15 @@ def vectors_to_lists(series: pd.Series, what: str, size: Optional[int]) -> List[
 def records_frame(
     payloads: Sequence[Dict[str, Any]],
     vectors: Optional[Sequence[Any]],
-    kinds: Dict[str, str],
+    columns: Sequence[Column],
     embedding_field: Optional[str],
 ) -> pd.DataFrame:
-    """A DataFrame with every column of ``kinds`` (schema order) from point payloads and vectors."""
+    """A DataFrame with every column of ``columns`` (in order) from point payloads and vectors."""
     data: Dict[str, pd.Series] = {}
-    for name, kind in kinds.items():
+    for col in columns:
+        name = str(col.name)
         if name == embedding_field:
             data[name] = pd.Series(list(vectors or []), dtype=object)
-        elif not payloads:
-            data[name] = empty_series(kind)
         else:
-            data[name] = from_payload_values([p.get(name) for p in payloads], kind)
+            data[name] = decode_column([p.get(name) for p in payloads], col)
     return pd.DataFrame(data)

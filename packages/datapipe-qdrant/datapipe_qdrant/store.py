@@ -18,10 +18,11 @@ from qdrant_client import QdrantClient, models
 from sqlalchemy import Column
 
 from datapipe.run_config import RunConfig
+from datapipe.store.json_codec import INT, column_kind
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 from datapipe_qdrant import client as qclient
-from datapipe_qdrant.convert import column_kind, point_ids, records_frame, to_payload_values, vectors_to_lists
+from datapipe_qdrant.convert import encode_values, point_ids, records_frame, vectors_to_lists
 from datapipe_qdrant.params import CollectionParams
 
 T = TypeVar("T")
@@ -102,8 +103,9 @@ class _QdrantBase(TableStore):
         )
 
     @property
-    def kinds(self) -> Dict[str, str]:
-        return {str(c.name): column_kind(c) for c in self.schema}
+    def columns(self) -> Dict[str, Column]:
+        """Schema columns by name, in schema order."""
+        return {str(c.name): c for c in self.schema}
 
     def _as_key(self, col: Column) -> Column:
         if col.name in self.pk_fields and not col.primary_key:
@@ -206,17 +208,21 @@ class _QdrantBase(TableStore):
             if key in df.columns and df[key].isna().any():
                 raise ValueError(f"{self.describe()}: {what} has null values in primary key column {key!r}")
 
+    def _encode(self, df: pd.DataFrame, name: str) -> List[Any]:
+        try:
+            return encode_values(df[name], self.columns[name])
+        except ValueError as e:
+            raise ValueError(f"{self.describe()}: {e}") from e
+
     def _ids(self, idx: pd.DataFrame) -> List[Any]:
-        kinds = self.kinds
-        key_values = [to_payload_values(idx[k], kinds[k]) for k in self.pk_fields]
-        single_int = len(self.pk_fields) == 1 and kinds[self.pk_fields[0]] == "int"
+        key_values = [self._encode(idx, k) for k in self.pk_fields]
+        single_int = len(self.pk_fields) == 1 and column_kind(self.columns[self.pk_fields[0]]) == INT
         return point_ids(key_values, int_passthrough=single_int)
 
     def _batch(self, df: pd.DataFrame) -> models.Batch:
-        kinds = self.kinds
-        payload_cols = [c for c in kinds if c != self.embedding_field and c in df.columns]
-        columns = [to_payload_values(df[c], kinds[c]) for c in payload_cols]
-        payloads = [dict(zip(payload_cols, row)) for row in zip(*columns)] if columns else [{} for _ in range(len(df))]
+        payload_cols = [c for c in self.columns if c != self.embedding_field]
+        columns = [self._encode(df, c) for c in payload_cols]
+        payloads = [dict(zip(payload_cols, row)) for row in zip(*columns)]
         ids = self._ids(df)
         vectors: Any = {}
         if self.embedding_field is not None:
@@ -227,17 +233,15 @@ class _QdrantBase(TableStore):
         return models.Batch(ids=ids, vectors=vectors, payloads=payloads)
 
     def _frame(self, records: Sequence[Any], with_vectors: bool = True) -> pd.DataFrame:
-        kinds = self.kinds
         vectors = None
+        columns = self.get_schema()
         if self.embedding_field is not None:
             name = self.vector_name()
             raw = [r.vector for r in records]
             vectors = [v.get(name) if isinstance(v, dict) else v for v in raw] if name is not None else raw
-        if not with_vectors and self.embedding_field is not None:
-            kinds = {c: k for c, k in kinds.items() if c != self.embedding_field}
-        key_order = self.pk_fields + [c for c in kinds if c not in self.pk_fields]
-        frame = records_frame([r.payload or {} for r in records], vectors, kinds, self.embedding_field)
-        return frame[key_order]
+            if not with_vectors:
+                columns = [c for c in columns if c.name != self.embedding_field]
+        return records_frame([r.payload or {} for r in records], vectors, columns, self.embedding_field)
 
     # ------------------------------------------------------------------ per-collection operations
 
