@@ -186,11 +186,23 @@ class Pipeline:
     steps: List[PipelineStep] = field(default_factory=list)
 
 
+def describe_declared(step: PipelineStep) -> str:
+    """``step 'name'`` or ``BatchTransform(func_name)`` for error messages about a declared step."""
+    name = getattr(step, "name", None)
+    if name:
+        return f"step {name!r}"
+    func = getattr(step, "func", None)
+    return f"{type(step).__name__}({getattr(func, '__name__', '')})"
+
+
 def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> List[ComputeStep]:
     """Bind every pipeline step; raises ``ValueError`` on duplicate step names."""
     steps: List[ComputeStep] = []
     for declared in pipeline.steps:
-        steps.extend(declared.build_compute(ds, catalog))
+        try:
+            steps.extend(declared.build_compute(ds, catalog))
+        except KeyError as e:  # an unknown table: say which step refers to it
+            raise KeyError(f"{describe_declared(declared)}: {e.args[0] if e.args else e}") from e
     seen: Dict[str, int] = {}
     for step in steps:
         seen[step.name] = seen.get(step.name, 0) + 1

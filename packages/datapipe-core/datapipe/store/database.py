@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from datapipe.run_config import RunConfig
 from datapipe.store.sql_bulk import bulk_upsert, key_in
+from datapipe.store.sql_checks import check_existing_table, check_values
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 
@@ -176,6 +177,8 @@ class DBConn:
             table = self.sqla_metadata.tables[key]
         else:
             table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes)
+            with self.begin() as con:  # a table created by an earlier run must still match its declaration
+                check_existing_table(con, f"table {name!r} in {mask_url(self.connstr)}", name, self.schema, columns)
         if create:
             self._create_table(table)
         return table
@@ -318,6 +321,7 @@ class TableStoreDB(TableStore):
         unknown = [c for c in df.columns if c not in self.columns]
         if unknown:
             raise ValueError(f"{self.describe()}: unknown column(s) {unknown}; the table has {self.columns}")
+        check_values(self.describe(), self.data_sql_schema, df)
 
     def insert_rows(self, df: DataDF) -> None:
         if len(df) == 0:
