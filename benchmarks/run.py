@@ -62,7 +62,7 @@ class Databases:
         self.pg_url: Optional[str] = os.environ.get("POSTGRES_URL")
         self.counter = 0
 
-    def __enter__(self) -> "Databases":
+    def __enter__(self) -> Databases:
         if "postgres" in self.kinds and not self.pg_url:
             from datapipe.tests.services import PostgresServer
 

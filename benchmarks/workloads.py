@@ -255,7 +255,9 @@ def raw_floor(url: str, n: int, side: int) -> Dict[str, float]:
     o, om = raw.fresh_tables()
     _, sm = raw.fresh_tables()
     ids = [r[0] for r in data[:k]]
-    res["rerun_1pct_changed"] = raw.read_keys(src, ids) + raw.write(o, kdata) + raw.write(om, kmeta) + raw.write(sm, kmeta)
+    res["rerun_1pct_changed"] = (
+        raw.read_keys(src, ids) + raw.write(o, kdata) + raw.write(om, kmeta) + raw.write(sm, kmeta)
+    )
     # 1% deleted: delete the output rows, write two metadata rows each (tombstone, step state)
     om2 = raw.fresh_tables()[1]
     sm2 = raw.fresh_tables()[1]

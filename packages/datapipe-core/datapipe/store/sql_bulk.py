@@ -41,9 +41,7 @@ _SQL_CACHE: Dict[Tuple[Any, ...], str] = {}
 
 def _values(series: pd.Series) -> List[Any]:
     """Plain Python values, NaN/NaT/NA as None (same rules as ``database.python_values``)."""
-    if series.dtype.kind in "iub":
-        return series.tolist()
-    if series.dtype.kind == "f" and not series.hasnans:
+    if series.dtype.kind in "iubf" and not series.hasnans:
         return series.tolist()
     if series.dtype.kind in "OU" or isinstance(series.dtype, pd.StringDtype):
         return series.to_numpy(dtype=object, na_value=None).tolist()  # type: ignore[no-any-return]
@@ -120,6 +118,26 @@ def _unnest_types(con: Connection, table: Table, columns: Sequence[str]) -> Opti
     return names
 
 
+def _quote_text(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _array_literal(values: List[Any], kind: str) -> Any:
+    """A PostgreSQL array literal (text) for ``values`` when that is cheaper than the driver's dumper.
+
+    ``kind`` is the pandas dtype kind of the source column. Returns ``values`` unchanged otherwise.
+    """
+    if kind in "iu" and None not in values:
+        return "{" + ",".join(map(str, values)) + "}"
+    if kind in "iuf":
+        return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
+    if kind == "b":
+        return "{" + ",".join("NULL" if v is None else ("t" if v else "f") for v in values) + "}"
+    if all(type(v) is str or v is None for v in values):
+        return "{" + ",".join("NULL" if v is None else _quote_text(v) for v in values) + "}"
+    return values
+
+
 def _unnest_upsert(
     con: Connection,
     table: Table,
@@ -148,7 +166,9 @@ def bulk_upsert(con: Connection, table: Table, df: pd.DataFrame, columns: Sequen
     if _is_psycopg3(con) and len(df) >= UNNEST_MIN_ROWS:
         types = _unnest_types(con, table, columns)
         if types is not None:
-            _unnest_upsert(con, table, columns, keys, values, types)
+            kinds = [df[c].dtype.kind for c in columns]
+            arrays = [_array_literal(v, k) for v, k in zip(values, kinds)]
+            _unnest_upsert(con, table, columns, keys, arrays, types)
             return
     con.exec_driver_sql(upsert_sql(con, table, columns, keys), list(zip(*values)))  # type: ignore[arg-type]
 
