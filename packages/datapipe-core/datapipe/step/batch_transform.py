@@ -36,7 +36,7 @@ from datapipe.compute import (
     step_name,
 )
 from datapipe.datatable import DataStore
-from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor, note_deleted
+from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
@@ -379,7 +379,8 @@ class BaseBatchTransformStep(ComputeStep):
                 changes.append(co.name, deleted)
                 n_deleted += len(deleted)
             self.meta.mark_success(idx, started)
-        return note_deleted(changes, n_deleted)  # deletion count for progress stats (issue 5)
+        changes.deleted_count = n_deleted
+        return changes
 
     # ------------------------------------------------------------------ reading inputs
 
