@@ -194,6 +194,8 @@ class KeyList(TypeDecorator):  # type: ignore[type-arg]
         return dialect.type_descriptor(String())
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        # PostgreSQL gets a typed array parameter (not text cast in SQL): the planner then sees a
+        # constant array and hashes it, and keeps using the primary-key index as the table grows.
         if dialect.name == "sqlite":
             return json.dumps(value)
         return value
