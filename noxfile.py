@@ -30,7 +30,14 @@ def lint(session: nox.Session) -> None:
     """ruff + mypy over the core and every package."""
     session.install("ruff", "mypy", "pandas-stubs", "-e", f"{CORE}[postgres]")
     session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
-    session.run("mypy", "packages/datapipe-core/datapipe")
+    session.run(
+        "mypy",
+        "packages/datapipe-core/datapipe",
+        "packages/datapipe-redis/datapipe_redis",
+        "packages/datapipe-elastic/datapipe_elastic",
+        "packages/datapipe-qdrant/datapipe_qdrant",
+        "packages/datapipe-milvus/datapipe_milvus",
+    )
 
 
 @nox.session
