@@ -74,7 +74,8 @@ class DataTable:
         if null_keys:
             raise ValueError(f"{where}: null values in primary key column(s) {null_keys}")
         self._check_key_types(df, where)
-        dup = df.duplicated(self.primary_keys, keep=False)
+        keys = self.primary_keys
+        dup = df[keys[0]].duplicated(keep=False) if len(keys) == 1 else df.duplicated(keys, keep=False)
         if dup.any():
             sample = df.loc[dup, self.primary_keys].head(3).to_dict("records")
             raise ValueError(f"{where}: {int(dup.sum())} rows have duplicate primary keys, e.g. {sample}")
@@ -107,9 +108,9 @@ class DataTable:
     def _lookup(self, data_df: pd.DataFrame, processed_idx: Optional[IndexDF], full_keys: bool) -> pd.DataFrame:
         """Stored metadata of the keys of ``data_df`` (and of ``processed_idx`` when it has every key column)."""
         keys = self.primary_keys
-        idx = data_df[keys]
+        idx = keyset.select(data_df, keys)
         if full_keys and processed_idx is not None:
-            idx = pd.concat([idx, processed_idx[keys]], ignore_index=True)
+            idx = pd.concat([idx, keyset.select(processed_idx, keys)], ignore_index=True)
         if len(idx) == 0:
             return pd.DataFrame(columns=[*keys, "hash", "create_ts", "delete_ts"])
         return self.meta.lookup(IndexDF(idx))
@@ -140,7 +141,7 @@ class DataTable:
             if fault_hook is not None:
                 fault_hook("after_data_write", self)
         meta_cols = [c for c in self.meta.meta_keys if c in df.columns]
-        new_meta = changed_df[[*keys, *meta_cols]].assign(
+        new_meta = keyset.select(changed_df, [*keys, *meta_cols]).assign(
             hash=hashes[changed_mask],
             create_ts=create_ts[changed_mask],
             update_ts=now,
@@ -149,8 +150,8 @@ class DataTable:
         )
         self.meta.upsert(new_meta)
         if not all_changed:
-            self.meta.touch(IndexDF(df.loc[~changed_mask, keys]), now)
-        return IndexDF(changed_df[keys].reset_index(drop=True))
+            self.meta.touch(IndexDF(keyset.select(df[~changed_mask], keys)), now)
+        return IndexDF(keyset.select(changed_df, keys).reset_index(drop=True))
 
     def _delete_rows(
         self, idx: IndexDF, now: float, delete_store: bool = True, store_idx: Optional[IndexDF] = None
@@ -183,23 +184,26 @@ class DataTable:
         with self.meta_dbconn.transaction():
             # one metadata read serves both change detection and the deletion of vanished rows
             existing = self._lookup(data_df, processed_idx, full_keys) if len(data_df) or full_keys else None
-            changed = IndexDF(data_df[keys])
+            data_keys = keyset.select(data_df, keys)
+            changed = IndexDF(data_keys)
             if len(data_df):
                 changed = self._write_rows(data_df, now, write_store, existing)  # type: ignore[arg-type]
-            deleted = IndexDF(data_df[keys].iloc[0:0])
+            deleted = IndexDF(data_keys.iloc[0:0])
             if has_processed:
                 if full_keys:
-                    live = existing.loc[existing["delete_ts"].isna().to_numpy(), keys]  # type: ignore[union-attr]
+                    live = existing[existing["delete_ts"].isna().to_numpy()]  # type: ignore[index]
                     live = live[keyset.isin(live, processed_idx, keys)]  # type: ignore[arg-type]
                 else:
                     live = self.meta.get_existing_idx(processed_idx)
-                deleted = IndexDF(live[~keyset.isin(live, data_df, keys)].reset_index(drop=True))
+                if len(live):
+                    live = keyset.select(live[~keyset.isin(live, data_df, keys)], keys)
+                    deleted = IndexDF(live.reset_index(drop=True))
                 store_idx = None
                 if full_keys:
                     # Also delete processed keys the metadata does not know: a crash between a store
                     # write and its metadata commit (stores outside the metadata transaction) can
                     # leave such rows behind, and nothing else would ever remove them.
-                    gone = processed_idx[keys].drop_duplicates()  # type: ignore[index]
+                    gone = keyset.unique(keyset.select(processed_idx, keys))  # type: ignore[arg-type]
                     store_idx = IndexDF(gone[~keyset.isin(gone, data_df, keys)].reset_index(drop=True))
                 self._delete_rows(deleted, now, write_store, store_idx)
         return changed, deleted

@@ -29,3 +29,22 @@ def isin(frame: pd.DataFrame, other: pd.DataFrame, keys: Sequence[str]) -> np.nd
     if len(keys) == 1:
         return np.asarray(frame[keys[0]].isin(other[keys[0]]))
     return np.asarray(key_index(frame, keys).isin(key_index(other, keys)))
+
+
+def select(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+    """``df[cols]``, or ``df`` itself when it already has exactly these columns in this order.
+
+    Column selection by list is costly in pandas (an index lookup per call); the hot paths mostly
+    pass frames that already have the right columns.
+    """
+    if len(df.columns) == len(cols) and all(a == b for a, b in zip(df.columns, cols)):
+        return df
+    return df[list(cols)]
+
+
+def unique(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without duplicate rows (returns ``df`` itself when there are none)."""
+    if len(df.columns) == 1:
+        col = df.iloc[:, 0]
+        return df if col.is_unique else df.drop_duplicates()
+    return df.drop_duplicates()

@@ -44,13 +44,14 @@ from sqlalchemy import (
     String,
     Table,
     and_,
-    or_,
     false,
     func,
+    or_,
     select,
     update,
 )
 
+from datapipe.meta import keyset
 from datapipe.store.database import (
     DBConn,
     key_chunks,
@@ -59,7 +60,7 @@ from datapipe.store.database import (
     rows_to_df,
     upsert_statement,
 )
-from datapipe.store.sql_bulk import bulk_upsert
+from datapipe.store.sql_bulk import bulk_upsert, bulk_upsert_values, value_kind
 from datapipe.types import DataSchema, IndexDF, MetadataDF, MetaSchema
 
 TABLE_META_COLUMNS = ["hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
@@ -120,7 +121,8 @@ class TableMeta:
             if idx is None:
                 return rows_to_df(con.execute(sql).fetchall(), columns)
             rows: List[Any] = []
-            keys = idx[[c for c in idx.columns if c in self.primary_keys or c in self.meta_keys]].drop_duplicates()
+            keys = keyset.select(idx, [c for c in idx.columns if c in self.primary_keys or c in self.meta_keys])
+            keys = keyset.unique(keys)
             for chunk in key_chunks(keys):
                 rows.extend(con.execute(sql.where(key_filter(self.sql_table, chunk))).fetchall())
         return rows_to_df(rows, columns)
@@ -223,9 +225,13 @@ class TransformMeta:
     def _mark(self, idx: IndexDF, values: Dict[str, Any]) -> None:
         if len(idx) == 0:
             return
-        df = idx[self.primary_keys].drop_duplicates().assign(**values)
+        keys = keyset.unique(keyset.select(idx, self.primary_keys))
+        n = len(keys)
+        columns = [*self.primary_keys, *values]
+        lists = [python_values(keys[k]) for k in self.primary_keys] + [[v] * n for v in values.values()]
+        kinds = [keys[k].dtype.kind for k in self.primary_keys] + [value_kind(v) for v in values.values()]
         with self.dbconn.begin() as con:
-            bulk_upsert(con, self.sql_table, df, list(df.columns), self.primary_keys)
+            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys)
 
     def mark_success(self, idx: IndexDF, now: float) -> None:
         self._mark(idx, {"process_ts": now, "is_success": True, "priority": 0, "error": None})

@@ -37,6 +37,7 @@ from datapipe.compute import (
 )
 from datapipe.datatable import DataStore
 from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
+from datapipe.meta import keyset
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
@@ -114,6 +115,14 @@ def check_key_types(name: str, inputs: Sequence[ComputeInput], outputs: Sequence
                     f"step {name!r}: key {key!r} is {first_type} in table {first!r} but {col.type} in table "
                     f"{table.name!r}; rows cannot be matched across them (use InputSpec(keys=...) or fix a schema)"
                 )
+
+
+def _project(idx: pd.DataFrame, cols: Dict[str, str]) -> pd.DataFrame:
+    """Distinct values of the key columns ``cols`` (transform key -> table column) of ``idx``, renamed."""
+    sub = keyset.unique(keyset.select(idx, list(cols)))
+    if any(k != v for k, v in cols.items()):
+        sub = sub.rename(columns=cols)
+    return sub
 
 
 def normalise_filters(filters: Filters) -> List[LabelDict]:
@@ -359,7 +368,7 @@ class BaseBatchTransformStep(ComputeStep):
         cols = {tk: renames.get(tk, tk) for tk in self.transform_keys if renames.get(tk, tk) in co.primary_keys}
         if not cols:
             return None
-        return IndexDF(idx[list(cols)].drop_duplicates().rename(columns=cols))
+        return IndexDF(_project(idx, cols))
 
     def store_batch_result(
         self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], started: float
@@ -385,8 +394,7 @@ class BaseBatchTransformStep(ComputeStep):
     # ------------------------------------------------------------------ reading inputs
 
     def _input_idx(self, n: int, idx: pd.DataFrame) -> pd.DataFrame:
-        cols = self.input_columns[n]
-        return idx[list(cols)].drop_duplicates().rename(columns=cols)
+        return _project(idx, self.input_columns[n])
 
     def live_idx(self, idx: IndexDF) -> IndexDF:
         """The batch keys that every ``Required`` input has a row for."""
@@ -407,7 +415,7 @@ class BaseBatchTransformStep(ComputeStep):
         keys = self._input_idx(n, idx)
         if not set(ci.dt.primary_keys) <= set(keys.columns):
             keys = ci.dt.meta.get_existing_idx(keys)
-        return ci.dt.get_data(IndexDF(keys[ci.dt.primary_keys]))
+        return ci.dt.get_data(IndexDF(keyset.select(keys, ci.dt.primary_keys)))
 
 
 class BatchTransformStep(BaseBatchTransformStep):

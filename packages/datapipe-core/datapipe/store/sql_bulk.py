@@ -48,23 +48,25 @@ def _values(series: pd.Series) -> List[Any]:
     return series.astype(object).where(series.notna(), None).tolist()
 
 
-def _processor(con: Connection, table: Table, column: str, series: pd.Series) -> Optional[Callable[[Any], Any]]:
+def _processor(con: Connection, table: Table, column: str, kind: str) -> Optional[Callable[[Any], Any]]:
     col_type = table.c[column].type
-    if isinstance(col_type, Float) and series.dtype.kind in "fiu":
+    if isinstance(col_type, Float) and kind in "fiu":
         return None  # already Python floats/ints; SQLite's to_float would be a no-op
+    if isinstance(col_type, Boolean) and kind == "b":
+        return None  # Python bools bind as booleans (PostgreSQL) or 1/0 (SQLite) as they are
     return col_type._cached_bind_processor(con.dialect)  # type: ignore[no-any-return]
+
+
+def _processed(con: Connection, table: Table, column: str, kind: str, values: List[Any]) -> List[Any]:
+    proc = _processor(con, table, column, kind)
+    if proc is None:
+        return values
+    return [None if v is None else proc(v) for v in values]
 
 
 def df_to_columns(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str]) -> List[List[Any]]:
     """Values of each of ``columns`` as driver-ready lists (bind processors applied where the type has one)."""
-    col_values = []
-    for c in columns:
-        values = _values(df[c])
-        proc = _processor(con, table, c, df[c])
-        if proc is not None:
-            values = [None if v is None else proc(v) for v in values]
-        col_values.append(values)
-    return col_values
+    return [_processed(con, table, c, df[c].dtype.kind, _values(df[c])) for c in columns]
 
 
 def df_to_tuples(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str]) -> List[Tuple[Any, ...]]:
@@ -162,11 +164,36 @@ def bulk_upsert(con: Connection, table: Table, df: pd.DataFrame, columns: Sequen
     """Insert the rows of ``df[columns]`` into ``table``, updating rows whose ``keys`` already exist."""
     if len(df) == 0:
         return
-    values = df_to_columns(con, table, df, columns)
-    if _is_psycopg3(con) and len(df) >= UNNEST_MIN_ROWS:
+    kinds = [df[c].dtype.kind for c in columns]
+    bulk_upsert_values(con, table, columns, [_values(df[c]) for c in columns], kinds, keys)
+
+
+def value_kind(value: Any) -> str:
+    """The numpy dtype kind a constant column of ``value`` would have (``O`` for None, str, others)."""
+    if isinstance(value, bool):
+        return "b"
+    if isinstance(value, int):
+        return "i"
+    if isinstance(value, float):
+        return "f"
+    return "O"
+
+
+def bulk_upsert_values(
+    con: Connection,
+    table: Table,
+    columns: Sequence[str],
+    values: List[List[Any]],
+    kinds: Sequence[str],
+    keys: Sequence[str],
+) -> None:
+    """``bulk_upsert`` from plain per-column value lists (None for NULL); ``kinds`` are numpy dtype kinds."""
+    if not values or len(values[0]) == 0:
+        return
+    values = [_processed(con, table, c, k, v) for c, k, v in zip(columns, kinds, values)]
+    if _is_psycopg3(con) and len(values[0]) >= UNNEST_MIN_ROWS:
         types = _unnest_types(con, table, columns)
         if types is not None:
-            kinds = [df[c].dtype.kind for c in columns]
             arrays = [_array_literal(v, k) for v, k in zip(values, kinds)]
             _unnest_upsert(con, table, columns, keys, arrays, types)
             return
