@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import pandas as pd
-from sqlalchemy import and_, exists, false, literal, or_, select, true, union_all
+from sqlalchemy import and_, exists, literal, or_, select, true, union_all
 from sqlalchemy.sql import Select
 
 from datapipe.meta.sql_meta import TableMeta, TransformMeta, filter_clause
@@ -130,7 +130,7 @@ class ChangeQuery:
                 q = q.where(or_(t.c.process_ts.is_(None), t.c.process_ts < cand.c.u))
             selects.append(q)
         if include_failed:
-            selects.append(select(*[tr.c[k] for k in self.keys]).where(tr.c.is_success == false()))
+            selects.append(select(*[tr.c[k] for k in self.keys]).where(tr.c.is_success.is_(False)))
         if not selects:
             return None
         allc = (union_all(*selects) if len(selects) > 1 else selects[0]).subquery("allc")

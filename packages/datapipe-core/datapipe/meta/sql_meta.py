@@ -44,7 +44,6 @@ from sqlalchemy import (
     String,
     Table,
     and_,
-    false,
     func,
     or_,
     select,
@@ -249,12 +248,12 @@ class TransformMeta:
         t = self.sql_table
         with self.dbconn.begin() as con:
             total = con.execute(select(func.count()).select_from(t)).scalar_one()
-            failed = con.execute(select(func.count()).select_from(t).where(t.c.is_success == false())).scalar_one()
+            failed = con.execute(select(func.count()).select_from(t).where(t.c.is_success.is_(False))).scalar_one()
         return {"processed": int(total), "failed": int(failed)}
 
     def get_failed_errors(self, limit: int = 5) -> List[str]:
         t = self.sql_table
-        sql = select(t.c.error).where(t.c.is_success == false()).group_by(t.c.error).limit(limit)
+        sql = select(t.c.error).where(t.c.is_success.is_(False)).group_by(t.c.error).limit(limit)
         with self.dbconn.begin() as con:
             return [str(r[0]) for r in con.execute(sql).fetchall()]
 
