@@ -141,14 +141,8 @@ class DataTable:
             if fault_hook is not None:
                 fault_hook("after_data_write", self)
         meta_cols = [c for c in self.meta.meta_keys if c in df.columns]
-        new_meta = keyset.select(changed_df, [*keys, *meta_cols]).assign(
-            hash=hashes[changed_mask],
-            create_ts=create_ts[changed_mask],
-            update_ts=now,
-            process_ts=now,
-            delete_ts=None,
-        )
-        self.meta.upsert(new_meta)
+        changed_keys = keyset.select(changed_df, [*keys, *meta_cols])
+        self.meta.upsert_changed(changed_keys, hashes[changed_mask], create_ts[changed_mask], now)
         if not all_changed:
             self.meta.touch(IndexDF(keyset.select(df[~changed_mask], keys)), now)
         return IndexDF(keyset.select(changed_df, keys).reset_index(drop=True))

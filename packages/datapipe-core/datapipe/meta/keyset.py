@@ -39,7 +39,9 @@ def select(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
     """
     if len(df.columns) == len(cols) and all(a == b for a, b in zip(df.columns, cols)):
         return df
-    return df[list(cols)]
+    if len(cols) == 1:
+        return df[cols[0]].to_frame()  # several times cheaper than df[[col]] (pandas 3)
+    return pd.DataFrame({c: df[c] for c in cols})
 
 
 def unique(df: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
     BigInteger,
@@ -142,6 +143,23 @@ class TableMeta:
         columns = [c for c in self.sql_table.columns.keys() if c in meta_df.columns]
         with self.dbconn.begin() as con:
             bulk_upsert(con, self.sql_table, meta_df, columns, self.primary_keys)
+
+    def upsert_changed(self, keys: pd.DataFrame, hashes: np.ndarray, create_ts: np.ndarray, now: float) -> None:
+        """Record new or changed rows: ``keys`` holds their key (and ``MetaKey``) columns.
+
+        ``update_ts`` and ``process_ts`` become ``now`` and ``delete_ts`` NULL. Same effect as
+        ``upsert`` of the equivalent frame, without building one.
+        """
+        n = len(keys)
+        if n == 0:
+            return
+        cols = [c for c in self.sql_table.columns.keys() if c in keys.columns]
+        columns = [*cols, "hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
+        lists = [python_values(keys[c]) for c in cols]
+        lists += [hashes.tolist(), create_ts.tolist(), [now] * n, [now] * n, [None] * n]
+        kinds = [keys[c].dtype.kind for c in cols] + ["i", "f", "f", "f", "O"]
+        with self.dbconn.begin() as con:
+            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys)
 
     def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any]) -> None:
         if len(idx) == 0:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import ColumnElement
 
+from datapipe.meta import keyset
 from datapipe.run_config import RunConfig
 from datapipe.store.sql_bulk import bulk_upsert, key_in
 from datapipe.store.sql_checks import check_existing_table, check_values
@@ -235,7 +236,7 @@ def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     # column-wise construction: much cheaper than from_records over SQLAlchemy Row objects
-    return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))), columns=list(columns))
+    return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
 
 
 def upsert_statement(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str]) -> Any:
@@ -346,7 +347,7 @@ class TableStoreDB(TableStore):
                 return DataDF(rows_to_df(con.execute(sql).fetchall(), self.columns))
             if len(idx) == 0:
                 return DataDF(rows_to_df([], self.columns))
-            keys = idx[[k for k in self.primary_keys if k in idx.columns]].drop_duplicates()
+            keys = keyset.unique(keyset.select(idx, [k for k in self.primary_keys if k in idx.columns]))
             rows: List[Any] = []
             for chunk in key_chunks(keys):
                 rows.extend(con.execute(sql.where(key_filter(self.data_table, chunk))).fetchall())
