@@ -129,8 +129,11 @@ def _array_literal(values: List[Any], kind: str) -> Any:
 
     ``kind`` is the pandas dtype kind of the source column. Returns ``values`` unchanged otherwise.
     """
-    if kind in "iu" and None not in values:
-        return "{" + ",".join(map(str, values)) + "}"
+    nulls = values.count(None)
+    if nulls == len(values):
+        return "{" + ",".join(["NULL"] * nulls) + "}"
+    if kind in "iuf" and not nulls:
+        return "{" + ",".join(map(repr, values)) + "}"
     if kind in "iuf":
         return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
     if kind == "b":
