@@ -126,3 +126,26 @@ def test_key_filter_selects_the_same_rows_as_python(dbconn: DBConn, keys: list) 
     with dbconn.begin() as con:
         got = sorted(r[0] for r in con.execute(select(table.c.k).where(key_filter(table, idx))).fetchall())
     assert got == sorted(k for k in universe if k in set(keys))
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [[(1, "a"), (2, "b"), (9, "z")], [(i, f"k{i % 7}") for i in range(0, 1500, 2)], [(1.0, "a")]],
+    ids=["few", "many", "float-fallback"],
+)
+def test_composite_key_filter_selects_the_same_rows_as_python(dbconn: DBConn, keys: list) -> None:
+    table = Table("kf2_t", MetaData(), Column("a", Integer, primary_key=True), Column("b", String, primary_key=True))
+    with dbconn.con.begin() as con:
+        table.create(con)
+    universe = [(i, f"k{j}") for i in range(1500) for j in (i % 7, (i + 1) % 7)] + [(1, "a"), (2, "b")]
+    with dbconn.begin() as con:
+        con.execute(table.insert(), [{"a": a, "b": b} for a, b in universe])
+    idx = pd.DataFrame(keys, columns=["a", "b"])
+    with dbconn.begin() as con:
+        got = sorted(tuple(r) for r in con.execute(select(table).where(key_filter(table, idx))).fetchall())
+    wanted = {(int(a), b) for a, b in keys}
+    assert got == sorted(k for k in universe if k in wanted)
+    with dbconn.begin() as con:
+        con.execute(table.delete().where(key_filter(table, idx)))
+        left = {tuple(r) for r in con.execute(select(table)).fetchall()}
+    assert left == {k for k in universe if k not in wanted}

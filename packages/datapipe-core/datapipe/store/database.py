@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
 
 import pandas as pd
-from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, select, tuple_
+from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.schema import SchemaItem
@@ -20,7 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from datapipe.meta import keyset
 from datapipe.run_config import RunConfig
-from datapipe.store.sql_bulk import bulk_upsert, key_in
+from datapipe.store.sql_bulk import bulk_upsert, key_in, key_tuple_in
 from datapipe.store.sql_checks import check_existing_table, check_values
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
@@ -222,8 +222,7 @@ def key_filter(table: Table, idx: pd.DataFrame) -> ColumnElement[bool]:
     cols = list(idx.columns)
     if len(cols) == 1:
         return key_in(table.c[cols[0]], python_values(idx[cols[0]]))
-    values = list(zip(*[python_values(idx[c]) for c in cols]))
-    return tuple_(*[table.c[c] for c in cols]).in_(values)
+    return key_tuple_in([table.c[c] for c in cols], [python_values(idx[c]) for c in cols])
 
 
 def df_to_records(df: pd.DataFrame, columns: Sequence[str]) -> List[Dict[str, Any]]:

@@ -33,6 +33,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
+from datapipe.store.table_store import StoreError
+
 # Frames at least this long are sent as arrays on PostgreSQL (psycopg 3); smaller ones use executemany.
 UNNEST_MIN_ROWS = 20
 
@@ -251,9 +253,12 @@ class KeyIn(ColumnElement[bool]):
         self.values = bindparam(None, values, type_=KeyList(column.type), unique=True)
 
 
-@compiles(KeyIn)
-def _key_in_default(element: KeyIn, compiler: Any, **kw: Any) -> str:
-    return compiler.process(element.column.in_(element.values.value), **kw)  # type: ignore[no-any-return]
+def _unsupported(element: Any, compiler: Any, **kw: Any) -> str:
+    # A cached compilation could not re-bind values created here, so there is no generic fallback.
+    raise StoreError(f"datapipe key filters support SQLite and PostgreSQL, not {compiler.dialect.name}")
+
+
+compiles(KeyIn)(_unsupported)
 
 
 @compiles(KeyIn, "sqlite")
@@ -272,3 +277,61 @@ def key_in(column: Any, values: List[Any]) -> ColumnElement[bool]:
     if values and (all(type(v) is int for v in values) or all(type(v) is str for v in values)):
         return KeyIn(column, values)
     return column.in_(values)  # type: ignore[no-any-return]
+
+
+class KeyTupleIn(ColumnElement[bool]):
+    """``(c1, c2, ...) IN (rows)`` with the rows bound as one JSON parameter (SQLite) or one typed array
+    per column (PostgreSQL, ``unnest``), so the statement does not grow with the number of keys."""
+
+    type = Boolean()
+    inherit_cache = True
+    _is_implicitly_boolean = True
+    _traverse_internals = [
+        ("columns", InternalTraversal.dp_clauseelement_list),
+        ("json_rows", InternalTraversal.dp_clauseelement),
+        ("arrays", InternalTraversal.dp_clauseelement_list),
+    ]
+
+    def __init__(self, columns: Sequence[Any], values: Sequence[List[Any]]) -> None:
+        from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
+
+        self.columns = list(columns)
+        self.json_rows = bindparam(None, [list(v) for v in values], type_=_JsonRows(), unique=True)
+        self.arrays = [bindparam(None, list(v), type_=PG_ARRAY(c.type), unique=True) for c, v in zip(columns, values)]
+
+
+class _JsonRows(TypeDecorator):  # type: ignore[type-arg]
+    """Per-column value lists bound as a JSON array of rows."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return json.dumps([list(r) for r in zip(*value)])
+
+
+compiles(KeyTupleIn)(_unsupported)
+
+
+@compiles(KeyTupleIn, "sqlite")
+def _key_tuple_in_sqlite(element: KeyTupleIn, compiler: Any, **kw: Any) -> str:
+    cols = ", ".join(compiler.process(c, **kw) for c in element.columns)
+    parts = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(element.columns)))
+    return f"({cols}) IN (SELECT {parts} FROM json_each({compiler.process(element.json_rows, **kw)}))"
+
+
+@compiles(KeyTupleIn, "postgresql")
+def _key_tuple_in_postgresql(element: KeyTupleIn, compiler: Any, **kw: Any) -> str:
+    cols = ", ".join(compiler.process(c, **kw) for c in element.columns)
+    arrays = ", ".join(compiler.process(a, **kw) for a in element.arrays)
+    return f"({cols}) IN (SELECT * FROM unnest({arrays}))"
+
+
+def key_tuple_in(columns: Sequence[Any], values: Sequence[List[Any]]) -> ColumnElement[bool]:
+    """``(columns) IN rows`` for per-column value lists; one parameter per column when all are ints or strs."""
+    simple = all(all(type(v) is int for v in vals) or all(type(v) is str for v in vals) for vals in values)
+    if values and len(values[0]) and simple:
+        return KeyTupleIn(columns, values)
+    from sqlalchemy import tuple_
+
+    return tuple_(*columns).in_(list(zip(*values)))  # type: ignore[no-any-return]
