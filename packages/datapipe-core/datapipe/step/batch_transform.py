@@ -118,8 +118,13 @@ def check_key_types(name: str, inputs: Sequence[ComputeInput], outputs: Sequence
 
 
 def _project(idx: pd.DataFrame, cols: Dict[str, str]) -> pd.DataFrame:
-    """Distinct values of the key columns ``cols`` (transform key -> table column) of ``idx``, renamed."""
-    sub = keyset.unique(keyset.select(idx, list(cols)))
+    """Values of the key columns ``cols`` (transform key -> table column) of ``idx``, renamed.
+
+    A projection onto fewer columns is de-duplicated; a batch's own keys are already distinct.
+    """
+    sub = keyset.select(idx, list(cols))
+    if len(cols) < len(idx.columns):
+        sub = keyset.unique(sub)
     if any(k != v for k, v in cols.items()):
         sub = sub.rename(columns=cols)
     return sub
