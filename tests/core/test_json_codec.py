@@ -1,4 +1,4 @@
-"""The pure encoding functions of datapipe-redis (no server needed)."""
+"""datapipe.store.json_codec: the column codec of the JSON-backed stores (Redis, Elasticsearch)."""
 
 import datetime
 
@@ -18,7 +18,6 @@ from datapipe.store.json_codec import (
     json_texts,
     loads_many,
 )
-from datapipe_redis.store import RedisStore
 
 
 def roundtrip(values, column, dtype=None):
@@ -80,15 +79,6 @@ def test_empty_and_partial_frames_have_every_column_with_its_dtype():
     assert pd.api.types.is_datetime64_dtype(empty["t"])
     part = decode_frame({"id": [1, 2], "x": [0.5, None]}, schema)
     assert list(part.columns) == ["id", "x", "t", "s"] and part["t"].isna().all() and part["s"].isna().all()
-
-
-def test_field_encoding_is_canonical_whatever_the_key_dtypes():
-    store = RedisStore("redis://127.0.0.1:1/0", "t", [Column("a", Integer, primary_key=True),
-                                                       Column("b", String, primary_key=True)])
-    ints = pd.DataFrame({"a": [1, 20], "b": ["x", "ü"]})
-    floats = pd.DataFrame({"a": [1.0, 20.0], "b": pd.Series(["x", "ü"], dtype=object)})
-    assert store.encode_fields(ints) == store.encode_fields(floats) == ['[1,"x"]', '[20,"ü"]']
-    assert store._client is None, "encoding must not connect"
 
 
 def test_loads_many_parses_in_one_call():
