@@ -46,7 +46,7 @@ def _values(series: pd.Series) -> List[Any]:
     if series.dtype.kind in "iubf" and not series.hasnans:
         return series.tolist()
     if series.dtype.kind in "OU" or isinstance(series.dtype, pd.StringDtype):
-        return series.to_numpy(dtype=object, na_value=None).tolist()  # type: ignore[no-any-return]
+        return series.to_numpy(dtype=object, na_value=None).tolist()  # type: ignore[call-overload,no-any-return]
     return series.astype(object).where(series.notna(), None).tolist()
 
 
