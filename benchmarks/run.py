@@ -132,6 +132,12 @@ def table(results: List[Dict[str, Any]]) -> str:
             rss = r["datapipe"]["peak_rss_mib"]
             ok = "ok" if rss <= RSS_LIMIT_MIB else f"MISS (>{RSS_LIMIT_MIB:g} MiB)"
             lines.append(f"{r['db']:8} {r['n']:>9} {'peak RSS (first run)':24} {rss:8.0f} MiB {'':17}  {ok}")
+    for kind in sorted({r["db"] for r in results}):
+        noops = sorted((r["n"], r["datapipe"]["noop_rerun"]) for r in results if r["db"] == kind and "side" not in r)
+        if len(noops) >= 2:
+            (n0, t0), (n1, t1) = noops[0], noops[-1]
+            ok = "ok" if t1 <= 2 * max(t0, 1e-3) else "MISS (>2x)"
+            lines.append(f"{kind:8} no-op rerun at N={n1} vs N={n0}: {t1 / max(t0, 1e-9):.1f}x{'':28}  {ok}")
     return "\n".join(lines)
 
 
