@@ -50,3 +50,11 @@ def unique(df: pd.DataFrame) -> pd.DataFrame:
         col = df.iloc[:, 0]
         return df if col.is_unique else df.drop_duplicates()
     return df.drop_duplicates()
+
+
+def unique_if_chunked(df: pd.DataFrame, chunk_rows: int) -> pd.DataFrame:
+    """Keys for an ``IN`` filter: de-duplicated only when they will be split over several statements.
+
+    One ``IN`` never returns a row twice, so duplicates matter only across chunks.
+    """
+    return df if len(df) <= chunk_rows else unique(df)

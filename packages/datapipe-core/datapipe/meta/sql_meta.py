@@ -53,6 +53,7 @@ from sqlalchemy import (
 
 from datapipe.meta import keyset
 from datapipe.store.database import (
+    MAX_PARAMS,
     DBConn,
     key_chunks,
     key_filter,
@@ -122,7 +123,7 @@ class TableMeta:
                 return rows_to_df(con.execute(sql).fetchall(), columns)
             rows: List[Any] = []
             keys = keyset.select(idx, [c for c in idx.columns if c in self.primary_keys or c in self.meta_keys])
-            keys = keyset.unique(keys)
+            keys = keyset.unique_if_chunked(keys, MAX_PARAMS // max(1, len(keys.columns)))
             for chunk in key_chunks(keys):
                 rows.extend(con.execute(sql.where(key_filter(self.sql_table, chunk))).fetchall())
         return rows_to_df(rows, columns)

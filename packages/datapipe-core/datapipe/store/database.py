@@ -346,7 +346,8 @@ class TableStoreDB(TableStore):
                 return DataDF(rows_to_df(con.execute(sql).fetchall(), self.columns))
             if len(idx) == 0:
                 return DataDF(rows_to_df([], self.columns))
-            keys = keyset.unique(keyset.select(idx, [k for k in self.primary_keys if k in idx.columns]))
+            keys = keyset.select(idx, [k for k in self.primary_keys if k in idx.columns])
+            keys = keyset.unique_if_chunked(keys, MAX_PARAMS // max(1, len(keys.columns)))
             rows: List[Any] = []
             for chunk in key_chunks(keys):
                 rows.extend(con.execute(sql.where(key_filter(self.data_table, chunk))).fetchall())
