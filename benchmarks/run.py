@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,7 @@ class Databases:
     def __exit__(self, *exc: Any) -> None:
         if self.pg_server is not None:
             self.pg_server.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def fresh(self, kind: str) -> str:
         self.counter += 1
