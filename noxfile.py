@@ -111,4 +111,4 @@ def reliability(session: nox.Session) -> None:
     """
     install_core(session)
     session.install("redis", "-e", "./packages/datapipe-redis")
-    session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", *session.posargs)
+    session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", "--timeout", "900", *session.posargs)
