@@ -7,7 +7,7 @@ a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeAlias, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, TYPE_CHECKING, Tuple, TypeAlias, Union
 
 import pandas as pd
 from sqlalchemy import Column
@@ -120,7 +120,7 @@ def index_to_data(data: pd.DataFrame, idx: IndexDF) -> DataDF:
     return DataDF(data.merge(idx.drop_duplicates(), on=keys, how="inner"))
 
 
-def _indicator_merge(a: pd.DataFrame, b: pd.DataFrame, how: str) -> pd.DataFrame:
+def _indicator_merge(a: pd.DataFrame, b: pd.DataFrame, how: Literal["left", "inner"]) -> pd.DataFrame:
     keys = list(a.columns)
     return a.merge(b[keys].drop_duplicates(), on=keys, how=how, indicator=True)
 
