@@ -23,7 +23,7 @@ logger = logging.getLogger("datapipe.datatable")
 #: Points: ``"after_data_write"`` (the store was written, the table's metadata not yet) and
 #: ``"after_data_delete"`` (rows were deleted from the store, not yet tombstoned). Costs one
 #: ``is None`` check when unset.
-fault_hook: Optional[Callable[[str, "DataTable"], None]] = None
+fault_hook: Optional[Callable[[str, DataTable], None]] = None
 
 
 class DataTable:

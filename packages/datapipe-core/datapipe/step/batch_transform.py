@@ -102,7 +102,8 @@ def _with_context(error: Exception, context: str) -> Exception:
 def check_key_types(name: str, inputs: Sequence[ComputeInput], outputs: Sequence[ComputeOutput]) -> None:
     """Raise ``ValueError`` when a key column has different types in two of the step's tables."""
     seen: Dict[str, Tuple[str, Any]] = {}
-    for table in [*inputs, *outputs]:
+    tables: List[Union[ComputeInput, ComputeOutput]] = [*inputs, *outputs]
+    for table in tables:
         for key, col in _transform_space(table.dt.primary_schema, table.keys):
             want = python_type(col.type)
             if key not in seen:
