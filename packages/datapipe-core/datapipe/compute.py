@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from datapipe.datatable import DataStore, DataTable
 from datapipe.executor import Executor, ExecutorConfig
+from datapipe.meta.locks import step_lock
 from datapipe.run_callback import CompositeRunCallback, RunCallback
 from datapipe.run_config import RunConfig
 from datapipe.store.table_store import TableStore
@@ -151,6 +153,22 @@ class ComputeStep:
         self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
     ) -> None:
         raise NotImplementedError
+
+    @contextmanager
+    def run_scope(self, ds: DataStore, run_config: Optional[RunConfig], total: int = 0) -> Iterator[None]:
+        """Hold the step's run lock (``datapipe.meta.locks``) and report start, error and success."""
+        callback = run_config.callback if run_config is not None else None
+        if callback is not None:
+            callback.on_step_start(self, total)
+        try:
+            with step_lock(ds.meta_dbconn, self.name):
+                yield
+        except Exception as e:
+            if callback is not None:
+                callback.on_step_error(self, e)
+            raise
+        if callback is not None:
+            callback.on_step_success(self)
 
     def run_changelist(
         self,

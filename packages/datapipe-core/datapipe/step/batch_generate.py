@@ -12,7 +12,6 @@ import pandas as pd
 from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs, step_name
 from datapipe.datatable import DataStore, DataTable
 from datapipe.executor import Executor
-from datapipe.meta.locks import step_lock
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, Labels, TransformResult
 
@@ -74,20 +73,10 @@ class BatchGenerateStep(ComputeStep):
     def run_full(
         self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
     ) -> None:
-        callback = run_config.callback if run_config else None
-        if callback is not None:
-            callback.on_step_start(self, 0)
-        try:
-            with step_lock(ds.meta_dbconn, self.name):  # one runner per step; see datapipe.meta.locks
-                do_batch_generate(
-                    self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs
-                )
-        except Exception as e:
-            if callback is not None:
-                callback.on_step_error(self, e)
-            raise
-        if callback is not None:
-            callback.on_step_success(self)
+        with self.run_scope(ds, run_config):
+            do_batch_generate(
+                self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs
+            )
 
     def run_changelist(
         self,

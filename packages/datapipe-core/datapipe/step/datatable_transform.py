@@ -51,18 +51,9 @@ class DatatableTransformStep(ComputeStep):
         high = {ci.name: ci.dt.meta.max_update_ts() for ci in self.input_dts}
         if self.check_for_changes and self.input_dts and self._unchanged(high):
             return
-        callback = run_config.callback if run_config else None
-        if callback is not None:
-            callback.on_step_start(self, 1)
-        try:
+        with self.run_scope(ds, run_config, total=1):
             self.func(ds, [ci.dt for ci in self.input_dts], [co.dt for co in self.output_dts], run_config, self.kwargs)
-        except Exception as e:
-            if callback is not None:
-                callback.on_step_error(self, e)
-            raise
-        self.watermarks.set(high)
-        if callback is not None:
-            callback.on_step_success(self)
+            self.watermarks.set(high)
 
     def _unchanged(self, high: Dict[str, Optional[float]]) -> bool:
         seen = self.watermarks.get()

@@ -9,7 +9,6 @@ from typing import Any, List, Optional
 from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs
 from datapipe.datatable import DataStore
 from datapipe.executor import Executor
-from datapipe.meta.locks import step_lock
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, Labels
 
@@ -30,13 +29,8 @@ class UpdateExternalTableStep(ComputeStep):
     def run_full(
         self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
     ) -> None:
-        callback = run_config.callback if run_config else None
-        if callback is not None:
-            callback.on_step_start(self, 0)
-        with step_lock(ds.meta_dbconn, self.name):  # one runner per step; see datapipe.meta.locks
+        with self.run_scope(ds, run_config):
             update_external_table(ds, self.output_dts[0], run_config)
-        if callback is not None:
-            callback.on_step_success(self)
 
     def run_changelist(
         self,
