@@ -126,6 +126,22 @@ def _quote_text(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _text_array_literal(values: List[str]) -> str:
+    """``{"a","b"}`` for non-null strings, escaped on the joined text (no per-element Python).
+
+    NUL never occurs in PostgreSQL text, so it can stand for the separator while escaping.
+    """
+    joined = "\x00".join(values).replace("\\", "\\\\").replace('"', '\\"')
+    return '{"' + joined.replace("\x00", '","') + '"}'
+
+
+def key_array_literal(values: List[Any]) -> str:
+    """PostgreSQL array text for a key list that is all ints or all strs (see ``key_in``)."""
+    if values and type(values[0]) is str:
+        return _text_array_literal(values)
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def _array_literal(values: List[Any], kind: str) -> Any:
     """A PostgreSQL array literal (text) for ``values`` when that is cheaper than the driver's dumper.
 
@@ -140,6 +156,8 @@ def _array_literal(values: List[Any], kind: str) -> Any:
         return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
     if kind == "b":
         return "{" + ",".join("NULL" if v is None else ("t" if v else "f") for v in values) + "}"
+    if not nulls and all(type(v) is str for v in values):
+        return _text_array_literal(values)
     if all(type(v) is str or v is None for v in values):
         return "{" + ",".join("NULL" if v is None else _quote_text(v) for v in values) + "}"
     return values
@@ -228,9 +246,40 @@ class KeyList(TypeDecorator):  # type: ignore[type-arg]
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
         # PostgreSQL gets a typed array parameter (not text cast in SQL): the planner then sees a
         # constant array and hashes it, and keeps using the primary-key index as the table grows.
+        # The array travels as its text literal with an untyped (unknown) OID and the statement's
+        # ``::type[]`` cast types the parameter itself, so the server sees the same typed array
+        # while the client skips the driver's per-element array dumper.
         if dialect.name == "sqlite":
             return json.dumps(value)
-        return value
+        return key_array_literal(value)
+
+    def bind_processor(self, dialect: Any) -> Any:
+        # The ARRAY impl's own processor would turn the literal back into a list of characters.
+        if dialect.name == "postgresql":
+            return key_array_literal
+        return super().bind_processor(dialect)
+
+
+class _KeyArray(TypeDecorator):  # type: ignore[type-arg]
+    """One column of a composite key list on PostgreSQL, bound as its array text literal."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, item_type: Any) -> None:
+        super().__init__()
+        self.item_type = item_type
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return dialect.type_descriptor(ARRAY(self.item_type))
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return key_array_literal(value)
+
+    def bind_processor(self, dialect: Any) -> Any:
+        return key_array_literal  # the literal goes to the driver as it is (see KeyList)
 
 
 class KeyIn(ColumnElement[bool]):
@@ -293,11 +342,9 @@ class KeyTupleIn(ColumnElement[bool]):
     ]
 
     def __init__(self, columns: Sequence[Any], values: Sequence[List[Any]]) -> None:
-        from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
-
         self.columns = list(columns)
         self.json_rows = bindparam(None, [list(v) for v in values], type_=_JsonRows(), unique=True)
-        self.arrays = [bindparam(None, list(v), type_=PG_ARRAY(c.type), unique=True) for c, v in zip(columns, values)]
+        self.arrays = [bindparam(None, list(v), type_=_KeyArray(c.type), unique=True) for c, v in zip(columns, values)]
 
 
 class _JsonRows(TypeDecorator):  # type: ignore[type-arg]
