@@ -8,13 +8,14 @@ same ``DBConn`` goes through one connection and commits (or rolls back) together
 from __future__ import annotations
 
 import contextvars
+import select as io_select
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
 
 import pandas as pd
 from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, select
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -84,6 +85,32 @@ def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
     cur.close()
 
 
+def _peer_hung_up(dbapi_con: Any) -> bool:
+    """True when an idle connection's socket has something to read: the server closed it or said goodbye.
+
+    A pooled connection between transactions has consumed every reply, so pending input means the
+    server ended the session (shutdown, restart, terminated backend: a final error message and/or
+    EOF). A local, non-blocking check; a failure to check counts as a hang-up.
+    """
+    if getattr(dbapi_con, "closed", False) or getattr(dbapi_con, "broken", False):
+        return True
+    try:
+        readable, _, _ = io_select.select([dbapi_con.fileno()], [], [], 0)
+    except Exception:  # noqa: BLE001 - unknown state: reconnect
+        return True
+    return bool(readable)
+
+
+def _drop_dead_connection(dbapi_con: Any, _record: Any, _proxy: Any) -> None:
+    """Pool ``checkout`` hook replacing ``pool_pre_ping`` for PostgreSQL without its round trip per checkout.
+
+    Raising ``DisconnectionError`` makes the pool discard the connection and check out a fresh one, so a
+    server restart between two transactions is survived like with pre-ping.
+    """
+    if _peer_hung_up(dbapi_con):
+        raise DisconnectionError("the server closed the connection")
+
+
 # The connection of the transaction opened by ``DBConn.transaction()`` in this context, by URL:
 # every DBConn of the same database joins it (two connections would deadlock on SQLite).
 _ACTIVE_TX: contextvars.ContextVar[Optional[Dict[str, Connection]]] = contextvars.ContextVar(
@@ -123,11 +150,11 @@ class DBConn:
         kwargs = dict(create_engine_kwargs)
         if self.is_sqlite:
             kwargs.setdefault("connect_args", {"timeout": 60})
-        else:
-            kwargs.setdefault("pool_pre_ping", True)
         self.con: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.con, "connect", _sqlite_pragmas)
+        elif "pool_pre_ping" not in kwargs:
+            event.listen(self.con, "checkout", _drop_dead_connection)
 
     @property
     def supports_returning(self) -> bool:
