@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import pandas as pd
 from sqlalchemy import Column
@@ -146,7 +146,7 @@ def normalise_filters(filters: Filters) -> List[LabelDict]:
 class StepMeta(TransformMeta):
     """The step's processing state; also answers how many keys are pending."""
 
-    step: "BaseBatchTransformStep"
+    step: BaseBatchTransformStep
 
     def get_changed_idx_count(self, ds: DataStore, run_config: Optional[RunConfig] = None) -> int:
         return len(self.step.get_changed_idx(ds, run_config)[0])
@@ -444,7 +444,8 @@ class BatchTransformStep(BaseBatchTransformStep):
         order: str = "asc",
     ) -> None:
         super().__init__(
-            ds, name, input_dts, output_dts, transform_keys, chunk_size, labels, executor_config, filters, order_by, order
+            ds, name, input_dts, output_dts, transform_keys, chunk_size, labels, executor_config, filters, order_by,
+            order,
         )
         self.func = func
         self.kwargs = kwargs or {}
@@ -462,6 +463,32 @@ class BatchTransformStep(BaseBatchTransformStep):
         available = {"idx": idx, "ds": ds, "run_config": run_config}
         extra = {p: available[p] for p in self.injected}
         return self.normalise_result(self.func(*inputs, **extra, **self.kwargs))
+
+
+def _bind(
+    step_cls: Type[BatchTransformStep],
+    kind: str,
+    decl: Union[BatchTransform, DatatableBatchTransform],
+    ds: DataStore,
+    catalog: Catalog,
+    **options: Any,
+) -> BatchTransformStep:
+    """The runnable step of a batch-transform declaration."""
+    inputs = resolve_inputs(ds, catalog, decl.inputs)
+    outputs = resolve_outputs(ds, catalog, decl.outputs)
+    return step_cls(
+        ds,
+        decl.name or step_name(decl.func, kind, inputs, outputs),
+        decl.func,
+        inputs,
+        outputs,
+        kwargs=decl.kwargs,
+        transform_keys=decl.transform_keys,
+        chunk_size=decl.chunk_size,
+        labels=decl.labels,
+        executor_config=decl.executor_config,
+        **options,
+    )
 
 
 @dataclass
@@ -482,47 +509,12 @@ class BatchTransform(PipelineStep):
     order: str = "asc"
 
     def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
-        inputs = resolve_inputs(ds, catalog, self.inputs)
-        outputs = resolve_outputs(ds, catalog, self.outputs)
-        name = self.name or step_name(self.func, "BatchTransform", inputs, outputs)
-        return [
-            BatchTransformStep(
-                ds,
-                name,
-                self.func,
-                inputs,
-                outputs,
-                kwargs=self.kwargs,
-                transform_keys=self.transform_keys,
-                chunk_size=self.chunk_size,
-                labels=self.labels,
-                executor_config=self.executor_config,
-                filters=self.filters,
-                order_by=self.order_by,
-                order=self.order,
-            )
-        ]
+        options = {"filters": self.filters, "order_by": self.order_by, "order": self.order}
+        return [_bind(BatchTransformStep, "BatchTransform", self, ds, catalog, **options)]
 
 
-class DatatableBatchTransformStep(BaseBatchTransformStep):
-    """A ``DatatableBatchTransform`` bound to a data store."""
-
-    def __init__(
-        self,
-        ds: DataStore,
-        name: str,
-        func: Callable[..., TransformResult],
-        input_dts: Sequence[ComputeInput],
-        output_dts: Sequence[ComputeOutput],
-        kwargs: Optional[Dict[str, Any]] = None,
-        transform_keys: Optional[List[str]] = None,
-        chunk_size: int = 1000,
-        labels: Optional[Labels] = None,
-        executor_config: Optional[ExecutorConfig] = None,
-    ) -> None:
-        super().__init__(ds, name, input_dts, output_dts, transform_keys, chunk_size, labels, executor_config)
-        self.func = func
-        self.kwargs = kwargs or {}
+class DatatableBatchTransformStep(BatchTransformStep):
+    """A ``DatatableBatchTransform`` bound to a data store: ``func`` reads its inputs itself."""
 
     def compute_batch(self, ds: DataStore, idx: IndexDF, run_config: RunConfig) -> List[pd.DataFrame]:
         result = self.func(ds, idx, [ci.dt for ci in self.input_dts], run_config, self.kwargs)
@@ -544,23 +536,7 @@ class DatatableBatchTransform(PipelineStep):
     executor_config: Optional[ExecutorConfig] = None
 
     def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
-        inputs = resolve_inputs(ds, catalog, self.inputs)
-        outputs = resolve_outputs(ds, catalog, self.outputs)
-        name = self.name or step_name(self.func, "DatatableBatchTransform", inputs, outputs)
-        return [
-            DatatableBatchTransformStep(
-                ds,
-                name,
-                self.func,
-                inputs,
-                outputs,
-                kwargs=self.kwargs,
-                transform_keys=self.transform_keys,
-                chunk_size=self.chunk_size,
-                labels=self.labels,
-                executor_config=self.executor_config,
-            )
-        ]
+        return [_bind(DatatableBatchTransformStep, "DatatableBatchTransform", self, ds, catalog)]
 
 
 __all__ = [
