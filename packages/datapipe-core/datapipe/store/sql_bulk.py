@@ -150,6 +150,10 @@ def _array_literal(values: List[Any], kind: str) -> Any:
     nulls = values.count(None)
     if nulls == len(values):
         return "{" + ",".join(["NULL"] * nulls) + "}"
+    if kind in "iufb" and not nulls and values.count(values[0]) == len(values):
+        # a constant column (timestamps, flags of a batch): format the value once
+        item = ("t" if values[0] else "f") if kind == "b" else repr(values[0])
+        return "{" + ",".join([item] * len(values)) + "}"
     if kind in "iuf" and not nulls:
         return "{" + ",".join(map(repr, values)) + "}"
     if kind in "iuf":
