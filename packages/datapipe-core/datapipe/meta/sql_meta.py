@@ -118,7 +118,7 @@ class TableMeta:
         return MetadataDF(self._read(sql, columns, idx))
 
     def _read(self, sql: Any, columns: Sequence[str], idx: Optional[pd.DataFrame]) -> pd.DataFrame:
-        with self.dbconn.begin() as con:
+        with self.dbconn.read() as con:
             if idx is None:
                 return rows_to_df(con.execute(sql).fetchall(), columns)
             rows: List[Any] = []

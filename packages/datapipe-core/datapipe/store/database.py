@@ -183,6 +183,28 @@ class DBConn:
             raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
 
     @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads: the shared one when inside ``transaction()``, else like ``begin()``.
+
+        On PostgreSQL (unless ``create_engine_kwargs`` sets an ``isolation_level``) the connection is in
+        autocommit mode: each statement still reads one consistent snapshot of committed data, exactly as
+        under the default READ COMMITTED, without the BEGIN and COMMIT round trips of a transaction.
+        """
+        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
+        if active is not None:
+            yield active
+            return
+        if self.is_sqlite or "isolation_level" in self.create_engine_kwargs:
+            with self.begin() as con:
+                yield con
+            return
+        try:
+            with self.con.connect() as con:
+                yield con.execution_options(isolation_level="AUTOCOMMIT")
+        except OperationalError as e:
+            raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
+
+    @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """Run the block in one transaction shared by every write on this ``DBConn``."""
         active = (_ACTIVE_TX.get() or {}).get(self.connstr)
@@ -368,7 +390,7 @@ class TableStoreDB(TableStore):
 
     def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
         sql = select(*[self.data_table.c[c] for c in self.columns])
-        with self.dbconn.begin() as con:
+        with self.dbconn.read() as con:
             if idx is None:
                 return DataDF(rows_to_df(con.execute(sql).fetchall(), self.columns))
             if len(idx) == 0:
