@@ -307,7 +307,8 @@ class BaseBatchTransformStep(ComputeStep):
             return self._execute(ds, count, batches, run_config, executor)
 
     def run_idx(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
-        return self.process_batch(ds, idx, run_config)
+        with step_lock(ds.meta_dbconn, self.name):
+            return self.process_batch(ds, idx, run_config)
 
     def reset_metadata(self, ds: DataStore) -> None:
         self.meta.reset()
