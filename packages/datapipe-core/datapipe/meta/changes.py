@@ -158,7 +158,7 @@ class ChangeQuery:
     def fetch(self, query: Optional[Select[Any]]) -> pd.DataFrame:
         if query is None:
             return rows_to_df([], self.keys)
-        with self.tr.dbconn.begin() as con:
+        with self.tr.dbconn.read() as con:
             return rows_to_df(con.execute(query).fetchall(), self.keys)
 
     # ------------------------------------------------------------ the two ways of finding changes

@@ -197,7 +197,7 @@ class TableMeta:
             return int(con.execute(sql).scalar_one())
 
     def max_update_ts(self) -> Optional[float]:
-        with self.dbconn.begin() as con:
+        with self.dbconn.read() as con:
             value = con.execute(select(func.max(self.sql_table.c.update_ts))).scalar_one()
         return None if value is None else float(value)
 
@@ -307,7 +307,7 @@ class Watermarks:
 
     def get(self) -> Dict[str, float]:
         w = self.table
-        with self.dbconn.begin() as con:
+        with self.dbconn.read() as con:
             rows = con.execute(select(w.c.input, w.c.watermark).where(w.c.step == self.step)).fetchall()
         return {str(r[0]): float(r[1]) for r in rows}
 
