@@ -325,9 +325,15 @@ def _key_in_postgresql(element: KeyIn, compiler: Any, **kw: Any) -> str:
     return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.values, **kw)})"
 
 
+def _one_key_type(values: Sequence[Any]) -> bool:
+    """True when ``values`` is non-empty and all ints or all strs (exact types; bools are not ints here)."""
+    types = set(map(type, values))
+    return types == {int} or types == {str}
+
+
 def key_in(column: Any, values: List[Any]) -> ColumnElement[bool]:
     """``column IN values`` as one bound parameter when the values are all ints or all strs, else a plain IN."""
-    if values and (all(type(v) is int for v in values) or all(type(v) is str for v in values)):
+    if _one_key_type(values):
         return KeyIn(column, values)
     return column.in_(values)  # type: ignore[no-any-return]
 
@@ -380,8 +386,7 @@ def _key_tuple_in_postgresql(element: KeyTupleIn, compiler: Any, **kw: Any) -> s
 
 def key_tuple_in(columns: Sequence[Any], values: Sequence[List[Any]]) -> ColumnElement[bool]:
     """``(columns) IN rows`` for per-column value lists; one parameter per column when all are ints or strs."""
-    simple = all(all(type(v) is int for v in vals) or all(type(v) is str for v in vals) for vals in values)
-    if values and len(values[0]) and simple:
+    if values and len(values[0]) and all(_one_key_type(vals) for vals in values):
         return KeyTupleIn(columns, values)
     from sqlalchemy import tuple_
 
