@@ -55,6 +55,7 @@ from datapipe.meta import keyset
 from datapipe.store.database import (
     MAX_PARAMS,
     DBConn,
+    fetch_rows,
     key_chunks,
     key_filter,
     python_values,
@@ -120,12 +121,12 @@ class TableMeta:
     def _read(self, sql: Any, columns: Sequence[str], idx: Optional[pd.DataFrame]) -> pd.DataFrame:
         with self.dbconn.read() as con:
             if idx is None:
-                return rows_to_df(con.execute(sql).fetchall(), columns)
+                return rows_to_df(fetch_rows(con, sql), columns)
             rows: List[Any] = []
             keys = keyset.select(idx, [c for c in idx.columns if c in self.primary_keys or c in self.meta_keys])
             keys = keyset.unique_if_chunked(keys, MAX_PARAMS // max(1, len(keys.columns)))
             for chunk in key_chunks(keys):
-                rows.extend(con.execute(sql.where(key_filter(self.sql_table, chunk))).fetchall())
+                rows.extend(fetch_rows(con, sql.where(key_filter(self.sql_table, chunk))))
         return rows_to_df(rows, columns)
 
     def lookup(self, idx: IndexDF) -> pd.DataFrame:

@@ -280,6 +280,19 @@ def df_to_records(df: pd.DataFrame, columns: Sequence[str]) -> List[Dict[str, An
     return [dict(zip(columns, row)) for row in zip(*col_values)]
 
 
+def fetch_rows(con: Connection, sql: Any) -> Sequence[Any]:
+    """Every row of ``sql`` as the driver returns them (tuples), skipping SQLAlchemy's ``Row`` objects
+    when no column has a result processor (the usual case); otherwise ``Row`` objects as usual."""
+    result = con.execute(sql)
+    processors = getattr(result._metadata, "_processors", None)
+    if processors is None or any(processors) or result.cursor is None:
+        return result.fetchall()
+    try:
+        return result.cursor.fetchall()  # type: ignore[no-any-return]
+    finally:
+        result.close()
+
+
 def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
@@ -392,14 +405,14 @@ class TableStoreDB(TableStore):
         sql = select(*[self.data_table.c[c] for c in self.columns])
         with self.dbconn.read() as con:
             if idx is None:
-                return DataDF(rows_to_df(con.execute(sql).fetchall(), self.columns))
+                return DataDF(rows_to_df(fetch_rows(con, sql), self.columns))
             if len(idx) == 0:
                 return DataDF(rows_to_df([], self.columns))
             keys = keyset.select(idx, [k for k in self.primary_keys if k in idx.columns])
             keys = keyset.unique_if_chunked(keys, MAX_PARAMS // max(1, len(keys.columns)))
             rows: List[Any] = []
             for chunk in key_chunks(keys):
-                rows.extend(con.execute(sql.where(key_filter(self.data_table, chunk))).fetchall())
+                rows.extend(fetch_rows(con, sql.where(key_filter(self.data_table, chunk))))
         return DataDF(rows_to_df(rows, self.columns))
 
     def read_rows_meta_pseudo_df(
