@@ -94,6 +94,17 @@ class DataTable:
                     f"but the table's key type is {expected.__name__}"
                 )
 
+    def prepare_write(
+        self, df: pd.DataFrame, now: float, context: Optional[str] = None, write_store: bool = True
+    ) -> pd.DataFrame:
+        """Validate ``df`` (``check_chunk``) and, when the store is outside the metadata database,
+        note its keys as possibly written before any row reaches the store. Not inside a transaction.
+        """
+        df = self.check_chunk(df, context)
+        if write_store and len(df) and not self.table_store.in_database(self.meta_dbconn):
+            self.meta.record_write_intent(keyset.select(df, self.primary_keys), now)
+        return df
+
     def _match_existing(self, df: pd.DataFrame, existing: pd.DataFrame) -> np.ndarray:
         """Row number in ``existing`` of each row of ``df`` (by primary key), -1 when absent."""
         try:
@@ -147,19 +158,15 @@ class DataTable:
             self.meta.touch(IndexDF(keyset.select(df[~changed_mask], keys)), now)
         return IndexDF(keyset.select(changed_df, keys).reset_index(drop=True))
 
-    def _delete_rows(
-        self, idx: IndexDF, now: float, delete_store: bool = True, store_idx: Optional[IndexDF] = None
-    ) -> None:
-        """Delete ``idx`` from the store and tombstone it; ``store_idx`` (a superset) widens the store delete."""
-        store_idx = idx if store_idx is None else store_idx
-        if len(store_idx) == 0:
+    def _delete_rows(self, idx: IndexDF, now: float, delete_store: bool = True) -> None:
+        """Delete ``idx`` from the store and tombstone it."""
+        if len(idx) == 0:
             return
         if delete_store and self.table_store.caps.supports_delete:
-            self.table_store.delete_rows(store_idx)
+            self.table_store.delete_rows(idx)
             if fault_hook is not None:
                 fault_hook("after_data_delete", self)
-        if len(idx):
-            self.meta.mark_deleted(idx, now)
+        self.meta.mark_deleted(idx, now)
 
     def store_chunk_changes(
         self,
@@ -168,10 +175,16 @@ class DataTable:
         now: Optional[float] = None,
         write_store: bool = True,
         context: Optional[str] = None,
+        prepared: bool = False,
     ) -> Tuple[IndexDF, IndexDF]:
-        """``store_chunk`` returning ``(changed_idx, deleted_idx)``; ``write_store=False`` updates metadata only."""
+        """``store_chunk`` returning ``(changed_idx, deleted_idx)``; ``write_store=False`` updates metadata only.
+
+        ``prepared`` says the caller already ran ``prepare_write`` on ``data_df`` (it must, before
+        opening a shared transaction, when it writes a store outside the metadata database).
+        """
         now = time.time() if now is None else now
-        data_df = self.check_chunk(data_df, context)
+        if not prepared:
+            data_df = self.prepare_write(data_df, now, context, write_store)
         keys = self.primary_keys
         has_processed = processed_idx is not None and len(processed_idx) > 0
         full_keys = has_processed and all(k in processed_idx.columns for k in keys)  # type: ignore[union-attr]
@@ -184,22 +197,17 @@ class DataTable:
                 changed = self._write_rows(data_df, now, write_store, existing)  # type: ignore[arg-type]
             deleted = IndexDF(data_keys.iloc[0:0])
             if has_processed:
+                # live rows, and rows of unconfirmed writes (see TableMeta.record_write_intent)
                 if full_keys:
-                    live = existing[existing["delete_ts"].isna().to_numpy()]  # type: ignore[index]
+                    deletable = existing["delete_ts"].isna() | existing["hash"].isna()  # type: ignore[index]
+                    live = existing[deletable.to_numpy()]  # type: ignore[index]
                     live = live[keyset.isin(live, processed_idx, keys)]  # type: ignore[arg-type]
                 else:
-                    live = self.meta.get_existing_idx(processed_idx)
+                    live = self.meta.get_existing_idx(processed_idx, unconfirmed=True)
                 if len(live):
                     live = keyset.select(live[~keyset.isin(live, data_df, keys)], keys)
                     deleted = IndexDF(live.reset_index(drop=True))
-                store_idx = None
-                if full_keys:
-                    # Also delete processed keys the metadata does not know: a crash between a store
-                    # write and its metadata commit (stores outside the metadata transaction) can
-                    # leave such rows behind, and nothing else would ever remove them.
-                    gone = keyset.unique(keyset.select(processed_idx, keys))  # type: ignore[arg-type]
-                    store_idx = IndexDF(gone[~keyset.isin(gone, data_df, keys)].reset_index(drop=True))
-                self._delete_rows(deleted, now, write_store, store_idx)
+                self._delete_rows(deleted, now, write_store)
         return changed, deleted
 
     def store_chunk(

@@ -7,7 +7,7 @@ a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Literal, Optional, TYPE_CHECKING, Tuple, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Tuple, TypeAlias, Union
 
 import pandas as pd
 from sqlalchemy import Column

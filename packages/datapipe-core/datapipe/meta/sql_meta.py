@@ -56,6 +56,7 @@ from datapipe.store.database import (
     MAX_PARAMS,
     DBConn,
     fetch_rows,
+    insert_statement,
     key_chunks,
     key_filter,
     python_values,
@@ -134,10 +135,39 @@ class TableMeta:
         columns = [*self.primary_keys, "hash", "create_ts", "delete_ts"]
         return self._read(self._select(columns), columns, idx)
 
-    def get_existing_idx(self, idx: Optional[pd.DataFrame] = None) -> IndexDF:
-        """Live keys matching ``idx``, which may hold only some of the key columns."""
-        sql = self._select(self.primary_keys).where(self.sql_table.c.delete_ts.is_(None))
-        return IndexDF(self._read(sql, self.primary_keys, idx))
+    def get_existing_idx(self, idx: Optional[pd.DataFrame] = None, unconfirmed: bool = False) -> IndexDF:
+        """Live keys matching ``idx``, which may hold only some of the key columns.
+
+        With ``unconfirmed``, also keys with an unconfirmed write (see ``record_write_intent``):
+        their rows may be in the store, so deletions must reach them.
+        """
+        t = self.sql_table
+        where = or_(t.c.delete_ts.is_(None), t.c.hash.is_(None)) if unconfirmed else t.c.delete_ts.is_(None)
+        return IndexDF(self._read(self._select(self.primary_keys).where(where), self.primary_keys, idx))
+
+    def record_write_intent(self, keys: pd.DataFrame, now: float) -> None:
+        """Before writing rows to a store outside the metadata database: note keys the metadata
+        does not hold as live, in a transaction of its own, committed at once.
+
+        New keys get a tombstone row with ``hash`` NULL (an *unconfirmed write*); deleted keys get
+        ``hash`` NULL. The metadata write that follows a successful store write sets the hash. If
+        the process dies in between, the mark stays, and deleting that key later (a vanished output
+        row, a stale generated row) also deletes its row from the store, which would otherwise be
+        left there unknown to Datapipe. Marked rows are not live: readers never see them.
+        """
+        if len(keys) == 0:
+            return
+        t = self.sql_table
+        key_cols = self.primary_keys
+        n = len(keys)
+        columns = [*key_cols, "hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
+        lists = [python_values(keys[c]) for c in key_cols] + [[None] * n, [now] * n, [None] * n, [now] * n, [now] * n]
+        records = [dict(zip(columns, row)) for row in zip(*lists)]
+        with self.dbconn.con.begin() as con:  # deliberately not the shared transaction: it must commit first
+            stmt = insert_statement(con, t).on_conflict_do_update(
+                index_elements=key_cols, set_={"hash": None}, where=t.c.delete_ts.is_not(None)
+            )
+            con.execute(stmt, records)
 
     def upsert(self, meta_df: pd.DataFrame) -> None:
         if len(meta_df) == 0:
@@ -175,15 +205,15 @@ class TableMeta:
         self._update_where_keys(idx, {"process_ts": process_ts})
 
     def mark_deleted(self, idx: IndexDF, now: float) -> None:
-        """Tombstone rows: ``delete_ts`` and ``update_ts`` become ``now``."""
-        self._update_where_keys(idx, {"delete_ts": now, "update_ts": now, "process_ts": now})
+        """Tombstone rows: ``delete_ts`` and ``update_ts`` become ``now`` (unconfirmed-write marks are cleared)."""
+        self._update_where_keys(idx, {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0})
 
     def iter_stale_idx(self, process_ts: float, chunksize: int = 10_000) -> Iterator[IndexDF]:
-        """Live keys last confirmed before ``process_ts``, in chunks."""
+        """Live keys (and unconfirmed writes) last confirmed before ``process_ts``, in chunks."""
         t = self.sql_table
         sql = (
             self._select(self.primary_keys)
-            .where(t.c.delete_ts.is_(None))
+            .where(or_(t.c.delete_ts.is_(None), t.c.hash.is_(None)))
             .where(t.c.process_ts < process_ts)
         )
         with self.dbconn.begin() as con:

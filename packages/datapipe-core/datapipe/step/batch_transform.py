@@ -18,6 +18,7 @@ import inspect
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
@@ -90,6 +91,15 @@ def compute_transform_schema(
     if unknown:
         raise ValueError(f"step {name!r}: transform key(s) {unknown} are not columns of any input or output")
     return [Column(k, types[k], primary_key=True) for k in keys]
+
+
+@contextmanager
+def _named(context: str) -> Iterator[None]:
+    """Re-raise bad-data and store errors with ``context`` (step and table) in front."""
+    try:
+        yield
+    except (ValueError, TypeError, StoreError) as e:
+        raise _with_context(e, context) from e
 
 
 def _with_context(error: Exception, context: str) -> Exception:
@@ -380,17 +390,20 @@ class BaseBatchTransformStep(ComputeStep):
     def store_batch_result(
         self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], started: float
     ) -> ChangeList:
+        now = time.time()
+        contexts = [f"step {self.name!r}, result for table {co.name!r}" for co in self.output_dts]
+        prepared = []
+        for frame, co, context in zip(frames, self.output_dts, contexts):  # before the transaction
+            with _named(context):
+                prepared.append(co.dt.prepare_write(frame, now, context))
         changes = ChangeList()
         n_deleted = 0
         with ds.meta_dbconn.transaction():
-            for frame, co in zip(frames, self.output_dts):
-                context = f"step {self.name!r}, result for table {co.name!r}"
-                try:
+            for frame, co, context in zip(prepared, self.output_dts, contexts):
+                with _named(context):
                     changed, deleted = co.dt.store_chunk_changes(
-                        frame, self._output_idx(co, idx), now=time.time(), context=context
+                        frame, self._output_idx(co, idx), now=now, context=context, prepared=True
                     )
-                except (ValueError, TypeError, StoreError) as e:
-                    raise _with_context(e, context) from e
                 changes.append(co.name, changed)
                 changes.append(co.name, deleted)
                 n_deleted += len(deleted)

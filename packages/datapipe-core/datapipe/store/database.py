@@ -300,15 +300,20 @@ def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
 
 
-def upsert_statement(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str]) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for PostgreSQL and SQLite."""
+def insert_statement(con: Connection, table: Table) -> Any:
+    """The dialect's ``INSERT`` (with ``on_conflict_*``) for PostgreSQL and SQLite."""
     if con.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     elif con.dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
     else:
         raise StoreError(f"upsert is not supported on {con.dialect.name}")
-    stmt = dialect_insert(table)
+    return dialect_insert(table)
+
+
+def upsert_statement(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str]) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for PostgreSQL and SQLite."""
+    stmt = insert_statement(con, table)
     update_cols = [c for c in columns if c not in keys]
     if not update_cols:
         return stmt.on_conflict_do_nothing(index_elements=list(keys))
@@ -362,6 +367,9 @@ class TableStoreDB(TableStore):
 
     def describe(self) -> str:
         return f"TableStoreDB({self.name!r} in {mask_url(self.dbconn.connstr)})"
+
+    def in_database(self, dbconn: DBConn) -> bool:
+        return self.dbconn.connstr == dbconn.connstr
 
     def get_primary_schema(self) -> DataSchema:
         return [c for c in self.data_sql_schema if c.primary_key]

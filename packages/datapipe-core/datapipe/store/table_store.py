@@ -10,13 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Union
 
 import pandas as pd
 from sqlalchemy import Column, String
 
 from datapipe.run_config import RunConfig
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema, data_to_index, index_to_data
+
+if TYPE_CHECKING:
+    from datapipe.store.database import DBConn
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,14 @@ class TableStore(ABC):
     def describe(self) -> str:
         """A one-line, password-free description used in error messages and ``table list``."""
         return type(self).__name__
+
+    def in_database(self, dbconn: DBConn) -> bool:
+        """True when the rows live in ``dbconn``'s database, so writes join its transactions.
+
+        Datapipe asks this of every store about the metadata database: stores outside it get
+        their keys noted before each write (see ``TableMeta.record_write_intent``).
+        """
+        return False
 
 
 class TableDataSingleFileStore(TableStore):
