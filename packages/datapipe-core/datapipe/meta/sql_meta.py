@@ -7,7 +7,9 @@ Schema (one metadata table per data table, one per transform step, one shared ta
     ``hash`` (int64 of the row content), ``create_ts``, ``update_ts`` (last content change),
     ``process_ts`` (last time a producer wrote or confirmed the row), ``delete_ts`` (tombstone,
     NULL while the row exists). Deleting a row sets ``delete_ts`` *and* ``update_ts``, so a
-    deletion is a change like any other. Indexed on ``update_ts``.
+    deletion is a change like any other. Indexed on ``update_ts``. A tombstone with ``hash``
+    NULL marks an *unconfirmed write* to a store outside the metadata database
+    (``TableMeta.record_write_intent``): not live, but deletions still reach its store row.
 
 ``<step>_meta``
     transform-key columns, ``process_ts`` (last time the key was processed), ``is_success``,
