@@ -165,9 +165,6 @@ class ElasticStore(TableStore):
     def describe(self) -> str:
         return f"ElasticStore({self.index!r} at {self.address})"
 
-    def __repr__(self) -> str:
-        return self.describe()
-
     # ---------------------------------------------------------------- schema
 
     def get_primary_schema(self) -> DataSchema:

@@ -13,7 +13,7 @@ from sqlalchemy import Column, String
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import ANY, BOOL, BYTES, DATE, DATETIME, FLOAT, INT, STR, column_kind
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
-from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
+from datapipe.types import DataDF, DataSchema, IndexDF
 from datapipe_milvus import client as mclient
 from datapipe_milvus.convert import encode_values, key_strings, records_frame, vectors_to_lists
 
@@ -167,9 +167,6 @@ class MilvusStore(TableStore):
     def get_primary_schema(self) -> DataSchema:
         by_name = {str(c.name): c for c in self.schema}
         return [self._as_key(by_name[k]) for k in self.pk_fields]
-
-    def get_meta_schema(self) -> MetaSchema:
-        return []
 
     def get_schema(self) -> DataSchema:
         return self.get_primary_schema() + [c for c in self.schema if c.name not in self.pk_fields]

@@ -20,7 +20,7 @@ from sqlalchemy import Column
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import INT, column_kind
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
-from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
+from datapipe.types import DataDF, DataSchema, IndexDF
 from datapipe_qdrant import client as qclient
 from datapipe_qdrant.convert import encode_values, point_ids, records_frame, vectors_to_lists
 from datapipe_qdrant.params import CollectionParams
@@ -116,9 +116,6 @@ class _QdrantBase(TableStore):
     def get_primary_schema(self) -> DataSchema:
         by_name = {str(c.name): c for c in self.schema}
         return [self._as_key(by_name[f]) for f in self.pk_fields]
-
-    def get_meta_schema(self) -> MetaSchema:
-        return []
 
     def get_schema(self) -> DataSchema:
         keys = self.get_primary_schema()

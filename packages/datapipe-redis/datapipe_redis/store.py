@@ -102,9 +102,6 @@ class RedisStore(TableStore):
         mode = ", cluster" if self.cluster_mode else ""
         return f"RedisStore({self.name!r} at {self.address}{mode})"
 
-    def __repr__(self) -> str:
-        return self.describe()
-
     # ---------------------------------------------------------------- schema
 
     def get_primary_schema(self) -> DataSchema:

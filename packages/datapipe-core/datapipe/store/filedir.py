@@ -31,7 +31,7 @@ from sqlalchemy import Column, String
 
 from datapipe.run_config import RunConfig
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
-from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
+from datapipe.types import DataDF, DataSchema, IndexDF
 
 _KEY_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # DateTime keys in file names: no ':' (not allowed on Windows and some object stores)
@@ -272,9 +272,6 @@ class TableStoreFiledir(TableStore):
 
     def get_primary_schema(self) -> DataSchema:
         return self.primary_schema
-
-    def get_meta_schema(self) -> MetaSchema:
-        return []
 
     # ------------------------------------------------------------------ keys and paths
 

@@ -54,12 +54,13 @@ class TableStore(ABC):
         Called when the table's metadata table is created and whenever Datapipe needs key names.
         """
 
-    @abstractmethod
     def get_meta_schema(self) -> MetaSchema:
         """Return non-key columns to copy into the metadata table (columns marked ``MetaKey``).
 
-        Most stores return ``[]``.
+        Called when the table's metadata table is created. The default, for stores without
+        ``MetaKey`` support, is ``[]``.
         """
+        return []
 
     def get_schema(self) -> DataSchema:
         """Return every column of the table (keys first). May raise ``NotImplementedError``
@@ -122,6 +123,9 @@ class TableStore(ABC):
         """A one-line, password-free description used in error messages and ``table list``."""
         return type(self).__name__
 
+    def __repr__(self) -> str:
+        return self.describe()
+
     def in_database(self, dbconn: DBConn) -> bool:
         """True when the rows live in ``dbconn``'s database, so writes join its transactions.
 
@@ -147,9 +151,6 @@ class TableDataSingleFileStore(TableStore):
 
     def get_primary_schema(self) -> DataSchema:
         return self.primary_schema
-
-    def get_meta_schema(self) -> MetaSchema:
-        return []
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.filename})"
