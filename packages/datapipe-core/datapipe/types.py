@@ -7,7 +7,7 @@ a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Tuple, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Tuple, TypeAlias, Union
 
 import pandas as pd
 from sqlalchemy import Column
@@ -143,6 +143,3 @@ def index_intersection(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
 def index_union(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
     return IndexDF(pd.concat([idx1, idx2], ignore_index=True).drop_duplicates(ignore_index=True))
 
-
-# Convenience used by steps that accept "a function or None"
-Callback = Callable[..., Any]

@@ -32,7 +32,6 @@ Change detection
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -378,7 +377,3 @@ def filter_clause(columns: Dict[str, Any], filters: Sequence[Dict[str, Any]]) ->
             return None
         clauses.append(and_(*parts))
     return or_(*clauses) if clauses else None
-
-
-def now() -> float:
-    return time.time()
