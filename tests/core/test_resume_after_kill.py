@@ -74,7 +74,7 @@ def test_repeated_kills_at_random_moments(urls):
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, SCRIPT, crash_url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            proc.wait(timeout=rng.uniform(0.3, 0.9) * full_run)
+            proc.wait(timeout=rng.uniform(0.25, 0.75) * full_run)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
