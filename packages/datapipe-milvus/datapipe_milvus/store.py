@@ -13,6 +13,7 @@ from sqlalchemy import Column, String
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import ANY, BOOL, BYTES, DATE, DATETIME, FLOAT, INT, STR, column_kind
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
+from datapipe.store.vectors import check_frame
 from datapipe.types import DataDF, DataSchema, IndexDF
 from datapipe_milvus import client as mclient
 from datapipe_milvus.convert import encode_values, key_strings, records_frame, vectors_to_lists
@@ -266,12 +267,7 @@ class MilvusStore(TableStore):
     # ------------------------------------------------------------------ conversions
 
     def _check(self, df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise ValueError(f"{self.describe()}: {what} is missing column(s) {missing}")
-        for key in self.pk_fields:
-            if df[key].isna().any():
-                raise ValueError(f"{self.describe()}: {what} has null values in primary key column {key!r}")
+        check_frame(df, columns, self.pk_fields, f"{self.describe()}: {what}")
 
     def _encode(self, df: pd.DataFrame, name: str) -> List[Any]:
         try:

@@ -20,6 +20,7 @@ from sqlalchemy import Column
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import INT, column_kind
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
+from datapipe.store.vectors import check_frame
 from datapipe.types import DataDF, DataSchema, IndexDF
 from datapipe_qdrant import client as qclient
 from datapipe_qdrant.convert import encode_values, point_ids, records_frame, vectors_to_lists
@@ -198,12 +199,7 @@ class _QdrantBase(TableStore):
     # ------------------------------------------------------------------ conversions
 
     def _check_columns(self, df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise ValueError(f"{self.describe()}: {what} is missing column(s) {missing}")
-        for key in self.pk_fields:
-            if key in df.columns and df[key].isna().any():
-                raise ValueError(f"{self.describe()}: {what} has null values in primary key column {key!r}")
+        check_frame(df, columns, self.pk_fields, f"{self.describe()}: {what}")
 
     def _encode(self, df: pd.DataFrame, name: str) -> List[Any]:
         try:

@@ -67,3 +67,13 @@ def records_frame(
         else:
             data[name] = decode_column([p.get(name) for p in payloads], col)
     return pd.DataFrame(data)
+
+
+def check_frame(df: pd.DataFrame, columns: Sequence[str], keys: Sequence[str], what: str) -> None:
+    """Raise ``ValueError`` (prefixed with ``what``) when ``df`` lacks ``columns`` or has null ``keys``."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} is missing column(s) {missing}")
+    for key in keys:
+        if key in df.columns and df[key].isna().any():
+            raise ValueError(f"{what} has null values in primary key column {key!r}")
