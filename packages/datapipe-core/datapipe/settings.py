@@ -17,9 +17,6 @@ def _env_bool(name: str, default: bool = False) -> bool:
 class Settings:
     # Re-raise the first error in a step function instead of recording it and going on.
     fail_fast: bool = _env_bool("DATAPIPE_FAIL_FAST")
-    # Seconds subtracted from a change watermark; raise it when several processes write
-    # the same input table at once (see datapipe/meta/sql_meta.py, "Change detection").
-    watermark_lag: float = float(os.environ.get("DATAPIPE_WATERMARK_LAG", "0"))
 
 
 settings = Settings()

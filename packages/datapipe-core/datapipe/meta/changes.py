@@ -1,11 +1,12 @@
 """Which transform keys a step must process: the change query.
 
-See the module docstring of ``datapipe.meta.sql_meta`` for the watermark scheme. For each
-input ``i`` the query takes the input's changed metadata rows (by ``update_ts`` window, or
-by key for change lists), maps them to transform keys, and, when the input holds only some
-of the transform keys, expands them with the live keys of the inputs that hold the rest and
-with keys the step processed before (so deletions reach old outputs). Keys the step already
-processed after the change are dropped; keys whose last attempt failed are added.
+See ``datapipe.meta.versions`` for change versions and snapshots, and ``datapipe.meta.sql_meta``
+for the watermarks. For each input ``i`` the query takes the input's changed metadata rows
+(rows not visible in the watermark snapshot, or given by key for change lists), maps them to
+transform keys, and, when the input holds only some of the transform keys, expands them with
+the live keys of the inputs that hold the rest and with keys the step processed before (so
+deletions reach old outputs). Keys whose recorded snapshot already saw the change are dropped;
+keys whose last attempt failed are added.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import and_, exists, literal, or_, select, true, union_all
 from sqlalchemy.sql import Select
 
 from datapipe.meta.sql_meta import TableMeta, TransformMeta, filter_clause
+from datapipe.meta.versions import Snapshot, not_seen, unseen_rows
 from datapipe.store.database import key_chunks, key_filter, rows_to_df
 
 
@@ -51,10 +53,15 @@ def input_key_columns(
 class ChangeQuery:
     """Builds and runs the change query for one step."""
 
-    def __init__(self, tr: TransformMeta, transform_keys: List[str], inputs: List[InputKeys]) -> None:
+    def __init__(
+        self, tr: TransformMeta, transform_keys: List[str], inputs: List[InputKeys], legacy: bool = False
+    ) -> None:
         self.tr = tr
         self.keys = transform_keys
         self.inputs = inputs
+        # ``legacy``: compare wall-clock ``update_ts``/``process_ts`` as metadata written before change
+        # versions did; only ``datapipe.meta.upgrade`` uses it, to carry pending keys over.
+        self.legacy = legacy
         for inp in inputs:
             self._expansion_sources(inp)  # fail at build time when a key cannot be derived
 
@@ -79,10 +86,19 @@ class ChangeQuery:
         cols = [m.c[col].label(tk) for tk, col in inp.columns.items()]
         return select(*cols).where(m.c.delete_ts.is_(None)).distinct().subquery(alias + "_k")
 
+    def _change_column(self, m: Any) -> Any:
+        return m.c.update_ts if self.legacy else m.c.version
+
+    def _unprocessed(self, t: Any, u: Any) -> Any:
+        """SQL: the change with version (or legacy timestamp) ``u`` is new for step-meta row ``t``."""
+        if self.legacy:
+            return or_(t.c.process_ts.is_(None), t.c.process_ts < u)
+        return not_seen(u, t.c.seen_below, t.c.seen_pending)
+
     def _input_parts(self, n: int, inp: InputKeys, where: WhereFn) -> List[Select[Any]]:
         m = inp.meta.sql_table.alias(f"i{n}")
         base = (
-            select(*[m.c[col].label(tk) for tk, col in inp.columns.items()], m.c.update_ts.label("u"))
+            select(*[m.c[col].label(tk) for tk, col in inp.columns.items()], self._change_column(m).label("u"))
             .where(where(m))
             .subquery(f"c{n}")
         )
@@ -127,7 +143,7 @@ class ChangeQuery:
                 cand.outerjoin(t, and_(*[t.c[k] == cand.c[k] for k in self.keys]))
             )
             if only_unprocessed:
-                q = q.where(or_(t.c.process_ts.is_(None), t.c.process_ts < cand.c.u))
+                q = q.where(self._unprocessed(t, cand.c.u))
             selects.append(q)
         if include_failed:
             selects.append(select(*[tr.c[k] for k in self.keys]).where(tr.c.is_success.is_(False)))
@@ -163,18 +179,15 @@ class ChangeQuery:
 
     # ------------------------------------------------------------ the two ways of finding changes
 
-    def window_wheres(self, low: Dict[str, float], high: Dict[str, Optional[float]]) -> Dict[int, WhereFn]:
-        """Changed rows by ``update_ts`` window ``(low, high]`` per input name."""
+    def window_wheres(self, marks: Mapping[str, Snapshot]) -> Dict[int, WhereFn]:
+        """Changed rows per input: those not visible in the input's watermark snapshot (all without one)."""
         wheres: Dict[int, WhereFn] = {}
         for n, inp in enumerate(self.inputs):
-            hi = high.get(inp.name)
-            if hi is None:
-                continue
-            lo = low.get(inp.name)
 
-            def where(m: Any, lo: Optional[float] = lo, hi: float = hi) -> Any:
-                clause = m.c.update_ts <= hi
-                return clause if lo is None else and_(m.c.update_ts > lo, clause)
+            def where(m: Any, mark: Optional[Snapshot] = marks.get(inp.name)) -> Any:
+                if self.legacy:
+                    return m.c.update_ts.is_not(None)
+                return unseen_rows(m.c.version, mark)
 
             wheres[n] = where
         return wheres

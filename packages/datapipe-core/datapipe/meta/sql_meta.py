@@ -1,38 +1,45 @@
 """The SQL metadata store.
 
-Schema (one metadata table per data table, one per transform step, one shared table):
+Schema (one metadata table per data table, one per transform step, two shared tables):
 
 ``<table>_meta``
     primary-key columns of the table, ``MetaKey`` columns, and
-    ``hash`` (int64 of the row content), ``create_ts``, ``update_ts`` (last content change),
-    ``process_ts`` (last time a producer wrote or confirmed the row), ``delete_ts`` (tombstone,
-    NULL while the row exists). Deleting a row sets ``delete_ts`` *and* ``update_ts``, so a
-    deletion is a change like any other. Indexed on ``update_ts``. A tombstone with ``hash``
-    NULL marks an *unconfirmed write* to a store outside the metadata database
-    (``TableMeta.record_write_intent``): not live, but deletions still reach its store row.
+    ``hash`` (int64 of the row content), ``version`` (the database's version of the write that
+    last changed the row, see ``datapipe.meta.versions``; indexed), and the informative
+    wall-clock columns ``create_ts``, ``update_ts`` (last content change), ``process_ts`` (last
+    time a producer wrote or confirmed the row), ``delete_ts`` (tombstone, NULL while the row
+    exists). Deleting a row sets ``delete_ts`` and gives it a new ``version``, so a deletion is a
+    change like any other. A tombstone with ``hash`` NULL marks an *unconfirmed write* to a store
+    outside the metadata database (``TableMeta.record_write_intent``): not live, but deletions
+    still reach its store row; it has no ``version`` until a write confirms it.
 
 ``<step>_meta``
-    transform-key columns, ``process_ts`` (last time the key was processed), ``is_success``,
-    ``priority`` and ``error`` (text of the last failure). Partial index on failed keys.
+    transform-key columns, ``process_ts`` (informative: when the key was processed),
+    ``seen_below``/``seen_pending`` (the version snapshot taken before the key's inputs were
+    read), ``is_success``, ``priority`` and ``error`` (text of the last failure). Partial index
+    on failed keys.
 
 ``datapipe_watermarks``
-    ``(step, input) -> watermark``: every row of ``input`` with ``update_ts <= watermark``
-    has been handed to ``step`` (or recorded as failed in ``<step>_meta``).
+    ``(step, input) -> seen_below, seen_pending``: the snapshot taken before the step's last
+    complete, unfiltered run started. Every input row visible in it has been handed to the step
+    (processed, or recorded as failed in ``<step>_meta``).
+
+``datapipe_version`` (SQLite only)
+    the commit-ordered version counter; see ``datapipe.meta.versions``.
 
 Change detection
-    A step's candidates are the rows of each input with ``update_ts`` in
-    ``(watermark, max_update_ts_at_start]`` (an index range scan, so a no-op run touches no
-    rows), expanded to transform keys, minus keys whose ``process_ts`` is already newer, plus
-    keys whose last attempt failed. The watermark advances only after a complete unfiltered
-    run. A crash leaves it where it was; the next run re-reads the window and skips keys that
-    were already processed. Writers are assumed to commit a chunk shortly after taking its
-    timestamp; when several processes write the same input concurrently, set
-    ``DATAPIPE_WATERMARK_LAG`` (seconds) to re-read that much history on every run.
+    A step's candidates are the input rows whose ``version`` is not visible in the watermark
+    snapshot (an index range scan, so a no-op run touches no rows), expanded to transform keys,
+    minus keys whose own snapshot already saw that version, plus keys whose last attempt failed.
+    The watermark advances only after a complete unfiltered run; a crash leaves it where it was,
+    and the next run re-reads the window and skips keys that were already processed. No clock is
+    read to decide any of this, and no safety window is needed: a write that commits late is
+    still pending in every snapshot taken before it committed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -53,6 +60,7 @@ from sqlalchemy import (
 )
 
 from datapipe.meta import keyset
+from datapipe.meta.versions import Snapshot, declare_counter, unseen_rows, write_version
 from datapipe.store.database import (
     MAX_PARAMS,
     DBConn,
@@ -60,15 +68,42 @@ from datapipe.store.database import (
     insert_statement,
     key_chunks,
     key_filter,
+    mask_url,
     python_values,
     rows_to_df,
     upsert_statement,
 )
-from datapipe.store.sql_bulk import bulk_upsert, bulk_upsert_values, value_kind
+from datapipe.store.sql_bulk import bulk_upsert_values, value_kind
 from datapipe.types import DataSchema, IndexDF, MetadataDF, MetaSchema
 
 TABLE_META_COLUMNS = ["hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
 WATERMARKS_TABLE = "datapipe_watermarks"
+
+#: Columns added by the change-version design; a metadata database without them is upgraded by
+#: ``datapipe.meta.upgrade`` (``datapipe db upgrade``), which keeps every key's processed state.
+VERSION_COLUMNS = {"version", "seen_below", "seen_pending"}
+
+
+class MetadataUpgradeRequired(RuntimeError):
+    """The metadata database was written by an earlier Datapipe and lacks the change-version columns."""
+
+
+def _declare(
+    dbconn: DBConn, table_name: str, columns: List[Column], create: bool, indexes: Sequence[Any] = ()
+) -> Tuple[Table, List[str]]:
+    """``dbconn.get_table`` that tolerates an existing table lacking ``VERSION_COLUMNS``; returns the table
+    and those missing columns (the table then needs ``datapipe db upgrade`` before it is used)."""
+    missing = dbconn.missing_columns(table_name, [str(c.name) for c in columns if c.name in VERSION_COLUMNS])
+    return dbconn.get_table(table_name, columns, create, indexes, optional=missing), missing
+
+
+def require_upgraded(table_name: str, missing: List[str], dbconn: DBConn) -> None:
+    if missing:
+        raise MetadataUpgradeRequired(
+            f"metadata table {table_name!r} in {mask_url(dbconn.connstr)} was created by an earlier Datapipe and "
+            f"lacks column(s) {missing}; run `datapipe db upgrade` (or datapipe.meta.upgrade.upgrade_metadata) "
+            "once: it adds them and keeps what every step has processed"
+        )
 
 
 def _key_columns(schema: DataSchema) -> List[Column]:
@@ -97,13 +132,19 @@ class TableMeta:
             *_key_columns(primary_schema),
             *[Column(c.name, c.type) for c in self.meta_schema],
             Column("hash", BigInteger),
+            Column("version", BigInteger),
             Column("create_ts", Float),
             Column("update_ts", Float),
             Column("process_ts", Float),
             Column("delete_ts", Float),
         ]
-        indexes = [Index(f"ix_{table_name}_update_ts", "update_ts")]
-        self.sql_table: Table = dbconn.get_table(table_name, columns, create_table, indexes)
+        indexes = [Index(f"ix_{table_name}_version", "version")]
+        self.sql_table, self.missing = _declare(dbconn, table_name, columns, create_table, indexes)
+        declare_counter(dbconn, create_table)
+
+    def require_upgraded(self) -> None:
+        """Raise ``MetadataUpgradeRequired`` when the table predates change versions."""
+        require_upgraded(str(self.sql_table.name), self.missing, self.dbconn)
 
     @property
     def sql_schema(self) -> List[Column]:
@@ -170,34 +211,31 @@ class TableMeta:
             )
             con.execute(stmt, records)
 
-    def upsert(self, meta_df: pd.DataFrame) -> None:
-        if len(meta_df) == 0:
-            return
-        columns = [c for c in self.sql_table.columns.keys() if c in meta_df.columns]
-        with self.dbconn.begin() as con:
-            bulk_upsert(con, self.sql_table, meta_df, columns, self.primary_keys)
-
     def upsert_changed(self, keys: pd.DataFrame, hashes: np.ndarray, create_ts: np.ndarray, now: float) -> None:
         """Record new or changed rows: ``keys`` holds their key (and ``MetaKey``) columns.
 
-        ``update_ts`` and ``process_ts`` become ``now`` and ``delete_ts`` NULL. Same effect as
-        ``upsert`` of the equivalent frame, without building one.
+        They get the write's ``version``; ``update_ts`` and ``process_ts`` become ``now`` and
+        ``delete_ts`` NULL.
         """
         n = len(keys)
         if n == 0:
             return
+        self.require_upgraded()
         cols = [c for c in self.sql_table.columns.keys() if c in keys.columns]
-        columns = [*cols, "hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
+        columns = [*cols, "hash", "version", "create_ts", "update_ts", "process_ts", "delete_ts"]
         lists = [python_values(keys[c]) for c in cols]
-        lists += [hashes.tolist(), create_ts.tolist(), [now] * n, [now] * n, [None] * n]
-        kinds = [keys[c].dtype.kind for c in cols] + ["i", "f", "f", "f", "O"]
+        kinds = [keys[c].dtype.kind for c in cols] + ["i", "i", "f", "f", "f", "O"]
         with self.dbconn.begin() as con:
+            version = write_version(con)
+            lists += [hashes.tolist(), [version] * n, create_ts.tolist(), [now] * n, [now] * n, [None] * n]
             bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys)
 
-    def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any]) -> None:
+    def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any], versioned: bool = False) -> None:
         if len(idx) == 0:
             return
         with self.dbconn.begin() as con:
+            if versioned:
+                values = {**values, "version": write_version(con)}
             for chunk in key_chunks(idx[self.primary_keys]):
                 con.execute(update(self.sql_table).where(key_filter(self.sql_table, chunk)).values(**values))
 
@@ -206,8 +244,12 @@ class TableMeta:
         self._update_where_keys(idx, {"process_ts": process_ts})
 
     def mark_deleted(self, idx: IndexDF, now: float) -> None:
-        """Tombstone rows: ``delete_ts`` and ``update_ts`` become ``now`` (unconfirmed-write marks are cleared)."""
-        self._update_where_keys(idx, {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0})
+        """Tombstone rows with a new ``version``; ``delete_ts`` and ``update_ts`` become ``now``
+        (unconfirmed-write marks are cleared)."""
+        if len(idx):
+            self.require_upgraded()
+        values = {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0}
+        self._update_where_keys(idx, values, versioned=True)
 
     def iter_stale_idx(self, process_ts: float, chunksize: int = 10_000) -> Iterator[IndexDF]:
         """Live keys (and unconfirmed writes) last confirmed before ``process_ts``, in chunks."""
@@ -228,10 +270,13 @@ class TableMeta:
         with self.dbconn.begin() as con:
             return int(con.execute(sql).scalar_one())
 
-    def max_update_ts(self) -> Optional[float]:
+    def has_unseen(self, snapshot: Optional[Snapshot]) -> bool:
+        """Whether a row changed (or was deleted) that is not visible in ``snapshot`` (any row when None)."""
+        self.require_upgraded()
+        t = self.sql_table
+        sql = select(t.c.version).where(unseen_rows(t.c.version, snapshot)).limit(1)
         with self.dbconn.read() as con:
-            value = con.execute(select(func.max(self.sql_table.c.update_ts))).scalar_one()
-        return None if value is None else float(value)
+            return con.execute(sql).first() is not None
 
     def reset_process_ts(self) -> None:
         with self.dbconn.begin() as con:
@@ -256,6 +301,8 @@ class TransformMeta:
         columns = [
             *_key_columns(primary_schema),
             Column("process_ts", Float),
+            Column("seen_below", BigInteger),
+            Column("seen_pending", String),
             Column("is_success", Boolean),
             Column("priority", Integer),
             Column("error", String),
@@ -269,12 +316,18 @@ class TransformMeta:
                 postgresql_where=failed.is_(False),
             )
         ]
-        self.sql_table: Table = dbconn.get_table(table_name, columns, create_table, indexes)
+        self.sql_table, self.missing = _declare(dbconn, table_name, columns, create_table, indexes)
         self.watermarks = Watermarks(dbconn, name, create_table)
+
+    def require_upgraded(self) -> None:
+        """Raise ``MetadataUpgradeRequired`` when the step's tables predate change versions."""
+        require_upgraded(str(self.sql_table.name), self.missing, self.dbconn)
+        require_upgraded(WATERMARKS_TABLE, self.watermarks.missing, self.dbconn)
 
     def _mark(self, idx: IndexDF, values: Dict[str, Any]) -> None:
         if len(idx) == 0:
             return
+        self.require_upgraded()
         keys = keyset.unique(keyset.select(idx, self.primary_keys))
         n = len(keys)
         columns = [*self.primary_keys, *values]
@@ -283,11 +336,15 @@ class TransformMeta:
         with self.dbconn.begin() as con:
             bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys)
 
-    def mark_success(self, idx: IndexDF, now: float) -> None:
-        self._mark(idx, {"process_ts": now, "is_success": True, "priority": 0, "error": None})
+    def mark_success(self, idx: IndexDF, snapshot: Snapshot, now: float) -> None:
+        """Record ``idx`` as processed from inputs read after ``snapshot`` was taken."""
+        seen = {"seen_below": snapshot.below, "seen_pending": snapshot.encoded_pending()}
+        self._mark(idx, {"process_ts": now, **seen, "is_success": True, "priority": 0, "error": None})
 
     def mark_failed(self, idx: IndexDF, now: float, error: str) -> None:
-        self._mark(idx, {"process_ts": now, "is_success": False, "priority": 0, "error": error[:4000]})
+        """Record a failed attempt; failed keys are retried whatever their snapshot says."""
+        seen = {"seen_below": None, "seen_pending": None}
+        self._mark(idx, {"process_ts": now, **seen, "is_success": False, "priority": 0, "error": error[:4000]})
 
     def get_metadata(self) -> pd.DataFrame:
         columns = [*self.primary_keys, "process_ts", "is_success", "priority", "error"]
@@ -308,10 +365,10 @@ class TransformMeta:
         with self.dbconn.begin() as con:
             return [str(r[0]) for r in con.execute(sql).fetchall()]
 
-    def get_watermarks(self) -> Dict[str, float]:
+    def get_watermarks(self) -> Dict[str, Snapshot]:
         return self.watermarks.get()
 
-    def set_watermarks(self, marks: Dict[str, Optional[float]]) -> None:
+    def set_watermarks(self, marks: Dict[str, Snapshot]) -> None:
         self.watermarks.set(marks)
 
     def reset(self) -> None:
@@ -322,33 +379,37 @@ class TransformMeta:
 
 
 class Watermarks:
-    """Rows of ``datapipe_watermarks`` for one step: input name -> highest ``update_ts`` handled."""
+    """Rows of ``datapipe_watermarks`` for one step: input name -> snapshot of its last complete run."""
 
     def __init__(self, dbconn: DBConn, step: str, create_table: bool = False) -> None:
         self.dbconn = dbconn
         self.step = step
-        self.table = dbconn.get_table(
-            WATERMARKS_TABLE,
-            [
-                Column("step", String(255), primary_key=True),
-                Column("input", String(255), primary_key=True),
-                Column("watermark", Float),
-            ],
-            create_table,
-        )
+        columns: List[Column] = [
+            Column("step", String(255), primary_key=True),
+            Column("input", String(255), primary_key=True),
+            Column("seen_below", BigInteger),
+            Column("seen_pending", String),
+        ]
+        self.table, self.missing = _declare(dbconn, WATERMARKS_TABLE, columns, create_table)
 
-    def get(self) -> Dict[str, float]:
+    def get(self) -> Dict[str, Snapshot]:
+        require_upgraded(WATERMARKS_TABLE, self.missing, self.dbconn)
         w = self.table
+        sql = select(w.c.input, w.c.seen_below, w.c.seen_pending).where(w.c.step == self.step)
         with self.dbconn.read() as con:
-            rows = con.execute(select(w.c.input, w.c.watermark).where(w.c.step == self.step)).fetchall()
-        return {str(r[0]): float(r[1]) for r in rows}
+            rows = con.execute(sql).fetchall()
+        return {str(r[0]): Snapshot.decode(r[1], r[2]) for r in rows if r[1] is not None}
 
-    def set(self, marks: Dict[str, Optional[float]]) -> None:
-        values = [{"step": self.step, "input": k, "watermark": v} for k, v in marks.items() if v is not None]
+    def set(self, marks: Dict[str, Snapshot]) -> None:
+        values = [
+            {"step": self.step, "input": k, "seen_below": v.below, "seen_pending": v.encoded_pending()}
+            for k, v in marks.items()
+        ]
         if not values:
             return
+        require_upgraded(WATERMARKS_TABLE, self.missing, self.dbconn)
         with self.dbconn.begin() as con:
-            stmt = upsert_statement(con, self.table, ["step", "input", "watermark"], ["step", "input"])
+            stmt = upsert_statement(con, self.table, ["step", "input", "seen_below", "seen_pending"], ["step", "input"])
             con.execute(stmt, values)
 
     def reset(self) -> None:

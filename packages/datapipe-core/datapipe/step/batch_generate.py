@@ -44,7 +44,9 @@ def do_batch_generate(
                 )
             for frame, dt in zip(frames, output_dts):
                 context = f"generator chunk {n} for table {dt.name!r}"
-                changed, _ = dt.store_chunk_changes(frame, now=time.time(), context=context)
+                # never before ``started``, even if the clock steps back: stale means "not confirmed since start"
+                now = max(time.time(), started)
+                changed, _ = dt.store_chunk_changes(frame, now=now, context=context)
                 changes.append(dt.name, changed)
     except Exception:
         logger.exception("generator %s failed; stale rows are kept", getattr(func, "__name__", func))

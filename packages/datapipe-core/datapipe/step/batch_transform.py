@@ -7,7 +7,9 @@ need processing, cuts them into batches of ``chunk_size``, and for each batch
 1. reads the input rows of those keys,
 2. calls the function,
 3. in one metadata transaction: writes the outputs (rows the function no longer returns for
-   these keys are deleted) and records the keys as processed.
+   these keys are deleted) and records the keys as processed, together with the version
+   snapshot taken before step 1 (``datapipe.meta.versions``): any input change that commits
+   after the read is not visible in it, so the next run picks the key up again.
 
 A failing batch is recorded (``is_success=False`` with the error text) and retried next run.
 """
@@ -42,8 +44,8 @@ from datapipe.meta import keyset
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
+from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig
-from datapipe.settings import settings
 from datapipe.store.sql_checks import BASIC, python_type
 from datapipe.store.table_store import StoreError
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
@@ -221,19 +223,23 @@ class BaseBatchTransformStep(ComputeStep):
     def _can_advance_watermark(self, run_config: Optional[RunConfig]) -> bool:
         return not callable(self.filters) and not (run_config is not None and run_config.filters)
 
-    def get_changed_idx(
-        self, ds: DataStore, run_config: Optional[RunConfig] = None
-    ) -> Tuple[pd.DataFrame, Dict[str, Optional[float]]]:
-        """Keys needing processing, and the input watermarks to store once they are processed."""
-        low = self.meta.get_watermarks()
-        high = {ci.name: ci.dt.meta.max_update_ts() for ci in self.input_dts}
+    def get_changed_idx(self, ds: DataStore, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
+        """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
+        self.require_upgraded()
+        snapshot = take_snapshot(ds.meta_dbconn)  # before the query: what it may miss stays unseen
         query = self.changes.build(
-            self.changes.window_wheres(low, high),
+            self.changes.window_wheres(self.meta.get_watermarks()),
             filters=self._filters(run_config),
             order_by=self.order_by,
             descending=self.order == "desc",
         )
-        return self.changes.fetch(query), high
+        return self.changes.fetch(query), snapshot
+
+    def require_upgraded(self) -> None:
+        """Raise ``MetadataUpgradeRequired`` when the step's or an input's metadata predates change versions."""
+        self.meta.require_upgraded()
+        for ci in self.input_dts:
+            ci.dt.meta.require_upgraded()
 
     def _batches(self, idx: pd.DataFrame, chunk_size: Optional[int] = None) -> Tuple[int, Iterator[IndexDF]]:
         size = chunk_size or self.chunk_size
@@ -295,14 +301,12 @@ class BaseBatchTransformStep(ComputeStep):
     ) -> None:
         run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
         with step_lock(ds.meta_dbconn, self.name):  # one runner per step; see datapipe.meta.locks
-            idx, high = self.get_changed_idx(ds, run_config)
+            idx, snapshot = self.get_changed_idx(ds, run_config)
             count, batches = self._batches(idx)
             logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
             self._execute(ds, count, batches, run_config, executor)
             if self._can_advance_watermark(run_config):
-                self.meta.set_watermarks(
-                    {k: (v - settings.watermark_lag if v is not None else None) for k, v in high.items()}
-                )
+                self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
     def run_changelist(
         self,
@@ -324,19 +328,19 @@ class BaseBatchTransformStep(ComputeStep):
         self.meta.reset()
 
     def fill_metadata(self, ds: DataStore) -> None:
-        idx, high = self.get_changed_idx(ds)
-        self.meta.mark_success(IndexDF(idx), time.time())
-        self.meta.set_watermarks(high)
+        idx, snapshot = self.get_changed_idx(ds)
+        self.meta.mark_success(IndexDF(idx), snapshot, time.time())
+        self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
     # ------------------------------------------------------------------ one batch
 
     def process_batch(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
         """Process one batch of keys; record a failure instead of raising (unless fail_fast)."""
         run_config = run_config or RunConfig()
-        started = time.time()  # taken before reading, so later input changes stay newer
         try:
+            snapshot = take_snapshot(ds.meta_dbconn)  # before reading: later input changes stay unseen
             frames = self.compute_batch(ds, idx, run_config)
-            return self.store_batch_result(ds, idx, frames, started)
+            return self.store_batch_result(ds, idx, frames, snapshot)
         except Exception as e:  # noqa: BLE001 - any error in user code fails only this batch
             return self._record_failure(idx, e, run_config)
 
@@ -388,7 +392,7 @@ class BaseBatchTransformStep(ComputeStep):
         return IndexDF(_project(idx, cols))
 
     def store_batch_result(
-        self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], started: float
+        self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], snapshot: Snapshot
     ) -> ChangeList:
         now = time.time()
         contexts = [f"step {self.name!r}, result for table {co.name!r}" for co in self.output_dts]
@@ -407,7 +411,7 @@ class BaseBatchTransformStep(ComputeStep):
                 changes.append(co.name, changed)
                 changes.append(co.name, deleted)
                 n_deleted += len(deleted)
-            self.meta.mark_success(idx, started)
+            self.meta.mark_success(idx, snapshot, now)
         changes.deleted_count = n_deleted
         return changes
 

@@ -18,6 +18,7 @@ from datapipe.compute import (
 from datapipe.datatable import DataStore
 from datapipe.executor import Executor
 from datapipe.meta.sql_meta import Watermarks
+from datapipe.meta.versions import take_snapshot
 from datapipe.run_config import RunConfig
 from datapipe.types import Labels
 
@@ -26,7 +27,11 @@ DatatableTransformFunc = Callable[..., None]
 
 class DatatableTransformStep(ComputeStep):
     """Runs ``func(ds, input_dts, output_dts, run_config, kwargs)``; with ``check_for_changes``
-    only when an input changed since the last successful run."""
+    only when an input changed since the last successful run.
+
+    "Changed" means: an input holds a row whose version is not visible in the snapshot taken
+    before the last successful run started (``datapipe.meta.versions``).
+    """
 
     def __init__(
         self,
@@ -48,16 +53,16 @@ class DatatableTransformStep(ComputeStep):
     def run_full(
         self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
     ) -> None:
-        high = {ci.name: ci.dt.meta.max_update_ts() for ci in self.input_dts}
-        if self.check_for_changes and self.input_dts and self._unchanged(high):
+        snapshot = take_snapshot(ds.meta_dbconn)
+        if self.check_for_changes and self.input_dts and not self._changed():
             return
         with self.run_scope(ds, run_config, total=1):
             self.func(ds, [ci.dt for ci in self.input_dts], [co.dt for co in self.output_dts], run_config, self.kwargs)
-            self.watermarks.set(high)
+            self.watermarks.set({ci.name: snapshot for ci in self.input_dts})
 
-    def _unchanged(self, high: Dict[str, Optional[float]]) -> bool:
+    def _changed(self) -> bool:
         seen = self.watermarks.get()
-        return all(v is None or (k in seen and v <= seen[k]) for k, v in high.items())
+        return any(ci.dt.meta.has_unseen(seen.get(ci.name)) for ci in self.input_dts)
 
     def reset_metadata(self, ds: DataStore) -> None:
         self.watermarks.reset()

@@ -19,7 +19,8 @@ def update_external_table(ds: DataStore, output: ComputeOutput, run_config: Opti
     started = time.time()
     changes = ChangeList()
     for chunk in dt.table_store.read_rows_meta_pseudo_df(run_config=run_config):
-        changed, _ = dt.store_chunk_changes(chunk, now=time.time(), write_store=False)
+        now = max(time.time(), started)  # never before ``started``: see do_batch_generate
+        changed, _ = dt.store_chunk_changes(chunk, now=now, write_store=False)
         changes.append(dt.name, changed)
     changes.append(dt.name, dt.delete_stale_by_process_ts(started, delete_store=False))
     return changes

@@ -218,8 +218,18 @@ class DBConn:
             finally:
                 _ACTIVE_TX.reset(token)
 
-    def get_table(self, name: str, columns: Sequence[Column], create: bool, indexes: Sequence[Any] = ()) -> Table:
-        """The SQLAlchemy ``Table`` called ``name`` with ``columns`` (copied), created if ``create``."""
+    def get_table(
+        self,
+        name: str,
+        columns: Sequence[Column],
+        create: bool,
+        indexes: Sequence[Any] = (),
+        optional: Sequence[str] = (),
+    ) -> Table:
+        """The SQLAlchemy ``Table`` called ``name`` with ``columns`` (copied), created if ``create``.
+
+        An existing table must match the declaration, except that the ``optional`` columns may be missing.
+        """
         if name in self.sqla_metadata.tables or (
             self.schema and f"{self.schema}.{name}" in self.sqla_metadata.tables
         ):
@@ -228,7 +238,8 @@ class DBConn:
         else:
             table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes)
             with self.begin() as con:  # a table created by an earlier run must still match its declaration
-                check_existing_table(con, f"table {name!r} in {mask_url(self.connstr)}", name, self.schema, columns)
+                where = f"table {name!r} in {mask_url(self.connstr)}"
+                check_existing_table(con, where, name, self.schema, [c for c in columns if c.name not in optional])
         if create:
             self._create_table(table)
         return table
@@ -243,6 +254,17 @@ class DBConn:
             # loser fails ("already exists", or a unique violation in PostgreSQL's catalog).
             if not self.has_table(str(table.name)):
                 raise
+
+    def missing_columns(self, name: str, columns: Sequence[str]) -> List[str]:
+        """Those of ``columns`` an existing table ``name`` lacks ([] when the table does not exist)."""
+        if not columns:
+            return []
+        with self.begin() as con:
+            insp = inspect(con)
+            if not insp.has_table(name, schema=self.schema):
+                return []
+            actual = {str(c["name"]) for c in insp.get_columns(name, schema=self.schema)}
+        return [c for c in columns if c not in actual]
 
     def has_table(self, name: str) -> bool:
         with self.begin() as con:

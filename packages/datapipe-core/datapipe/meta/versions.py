@@ -1,0 +1,153 @@
+"""Change versions: the database, not a client clock, orders changes.
+
+Every metadata row a write creates, changes or deletes gets a ``version``: a number the
+*database* assigns inside the writing transaction. A reader that wants to know "what have I
+not seen yet" takes a :class:`Snapshot` of the database's version state before it reads, and
+later treats a row as new exactly when its version is not visible in that snapshot. Client
+wall-clock time (``update_ts``, ``process_ts``) is kept for people and for the 0.15 API, but
+never decides whether a change is new.
+
+PostgreSQL
+    ``version`` is the 64-bit transaction id of the writer, ``pg_current_xact_id()``. A snapshot
+    is ``pg_current_snapshot()``, reduced to what visibility needs: ``below`` (its ``xmax``:
+    every id at or above it started after the snapshot) and ``pending`` (its ``xip``: ids that
+    were still running). A version is *visible* in a snapshot when it is below ``below`` and not
+    pending; everything else may have committed after the snapshot was taken. Ids are
+    epoch-extended ``xid8`` values, so they never wrap around. Writers never wait for each other
+    to stamp a version, and a transaction held open for minutes simply stays ``pending`` in every
+    snapshot until it commits, when its rows become visible and are picked up.
+SQLite
+    SQLite lets one writer at a time hold the database's write lock from its first write until
+    commit, so a counter incremented inside the write transaction is commit-ordered for free:
+    ``datapipe_version`` holds it, and each write transaction takes the next value once. A
+    snapshot is ``below = counter + 1`` with nothing pending.
+
+Both give the same two guarantees the change query (``datapipe.meta.changes``) relies on:
+
+1. A row whose version is visible in a snapshot was committed before the snapshot was taken,
+   so any read that starts after the snapshot sees it.
+2. A row that is not visible in a snapshot has a version that is not visible in it either:
+   a write that commits later can never carry a version that looks old.
+
+So a step records, per processed key, the snapshot taken *before* it read the key's inputs
+(``seen_below``/``seen_pending`` in ``<step>_meta``), and per input the snapshot taken before
+a complete run started (``datapipe_watermarks``). A change is new for a key exactly when its
+version is not visible in the key's snapshot; a run scans only rows not visible in the
+watermark snapshot (an index range scan on ``version``, plus point lookups of the pending ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+from sqlalchemy import BigInteger, Column, Integer, String, and_, cast, literal, or_
+from sqlalchemy.engine import Connection
+
+from datapipe.store.database import DBConn
+
+VERSION_TABLE = "datapipe_version"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a reader could see: versions below ``below`` except the ``pending`` ones."""
+
+    below: int
+    pending: Tuple[int, ...] = ()
+
+    def encoded_pending(self) -> Optional[str]:
+        """``pending`` as stored in a text column: comma-separated ids, or None when empty."""
+        return ",".join(map(str, self.pending)) if self.pending else None
+
+    @classmethod
+    def decode(cls, below: Any, pending: Optional[str]) -> Snapshot:
+        ids = tuple(int(x) for x in pending.split(",")) if pending else ()
+        return cls(int(below), ids)
+
+    def sees(self, version: int) -> bool:
+        return version < self.below and version not in self.pending
+
+
+def declare_counter(dbconn: DBConn, create: bool) -> None:
+    """SQLite: declare (and with ``create``, create and seed) the version counter table."""
+    if not dbconn.is_sqlite:
+        return
+    table = dbconn.get_table(
+        VERSION_TABLE, [Column("id", Integer, primary_key=True), Column("version", BigInteger)], create
+    )
+    if create:
+        with dbconn.begin() as con:
+            con.execute(table.insert().prefix_with("OR IGNORE").values(id=1, version=0))
+
+
+def write_version(con: Connection) -> int:
+    """The version of the write transaction ``con`` is in (called before writing metadata rows).
+
+    PostgreSQL: the transaction's id (assigning one if it has none yet). SQLite: the next counter
+    value, taken once per transaction; the statement also takes SQLite's write lock, which the
+    transaction then holds until it commits.
+    """
+    cached = con.info.get("datapipe_version")
+    tx = con.get_transaction()
+    if cached is not None and cached[0] is tx:
+        return int(cached[1])
+    if con.dialect.name == "postgresql":
+        value = con.exec_driver_sql("SELECT pg_current_xact_id()::text::bigint").scalar_one()
+    else:
+        row = con.exec_driver_sql(
+            f"UPDATE {VERSION_TABLE} SET version = version + 1 WHERE id = 1 RETURNING version"
+        ).first()
+        if row is None:
+            raise RuntimeError(
+                f"the metadata database has no row in {VERSION_TABLE}; "
+                "create it with DataStore(create_meta_table=True) or run `datapipe db upgrade`"
+            )
+        value = row[0]
+    con.info["datapipe_version"] = (tx, int(value))
+    return int(value)
+
+
+_PG_SNAPSHOT = (
+    "SELECT pg_snapshot_xmax(s)::text::bigint, "
+    "array_to_string(ARRAY(SELECT x::text FROM pg_snapshot_xip(s) AS x), ',') "
+    "FROM pg_current_snapshot() AS s"
+)
+
+
+def take_snapshot(dbconn: DBConn) -> Snapshot:
+    """The database's version state now; take it *before* reading what it is meant to cover."""
+    with dbconn.read() as con:
+        if con.dialect.name == "postgresql":
+            below, pending = con.exec_driver_sql(_PG_SNAPSHOT).one()
+            return Snapshot.decode(below, pending)
+        row = con.exec_driver_sql(f"SELECT version FROM {VERSION_TABLE} WHERE id = 1").first()
+    return Snapshot(int(row[0]) + 1 if row is not None else 1)
+
+
+def not_seen(version: Any, below: Any, pending: Any) -> Any:
+    """SQL: ``version`` is not visible in the snapshot stored in columns ``below``/``pending``.
+
+    A NULL ``below`` means "nothing seen". Pending ids are matched on the comma-separated text,
+    which works alike on PostgreSQL and SQLite; the list is empty in all but concurrent moments.
+    """
+    as_text = cast(version, String)
+    in_pending = and_(
+        pending.is_not(None),
+        (literal(",") + pending + literal(",")).like(literal("%,") + as_text + literal(",%")),
+    )
+    return or_(below.is_(None), version >= below, in_pending)
+
+
+def unseen_rows(version: Any, snapshot: Optional[Snapshot]) -> Any:
+    """SQL: rows whose ``version`` is not visible in ``snapshot`` (every versioned row when None).
+
+    An index range scan on ``version`` plus point lookups of the pending ids.
+    """
+    if snapshot is None:
+        return version.is_not(None)
+    clause = version >= snapshot.below
+    if snapshot.pending:
+        clause = or_(clause, version.in_(list(snapshot.pending)))
+    return clause
+
