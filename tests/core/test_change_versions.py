@@ -232,3 +232,67 @@ def test_snapshot_visibility():
     assert s.sees(89) and not s.sees(90) and s.sees(94) and not s.sees(95) and not s.sees(100)
     assert Snapshot.decode(s.below, s.encoded_pending()) == s
     assert Snapshot.decode(7, None) == Snapshot(7) and Snapshot(7).encoded_pending() is None
+
+
+# ---------------------------------------------------------------- upgrading an older metadata database
+
+
+def _downgrade(dbconn: DBConn) -> None:
+    """Put the metadata back in the shape Datapipe wrote before change versions."""
+    with dbconn.con.begin() as con:
+        for table in ("inp_meta", "out_meta"):
+            con.execute(text(f"DROP INDEX ix_{table}_version"))
+            con.execute(text(f"ALTER TABLE {table} DROP COLUMN version"))
+            con.execute(text(f"CREATE INDEX ix_{table}_update_ts ON {table} (update_ts)"))
+        for column in ("seen_below", "seen_pending"):
+            con.execute(text(f"ALTER TABLE step_meta DROP COLUMN {column}"))
+        con.execute(text("DROP TABLE datapipe_watermarks"))
+        con.execute(
+            text(
+                "CREATE TABLE datapipe_watermarks (step VARCHAR(255) NOT NULL, input VARCHAR(255) NOT NULL, "
+                "watermark FLOAT, PRIMARY KEY (step, input))"
+            )
+        )
+        if dbconn.is_sqlite:
+            con.execute(text("DROP TABLE datapipe_version"))
+
+
+def test_upgrade_keeps_processed_and_pending_keys(dbconn):
+    from datapipe.meta.sql_meta import MetadataUpgradeRequired
+    from datapipe.meta.upgrade import upgrade_metadata
+
+    ds, steps = build(dbconn, bang)
+    ds.get_table("inp").store_chunk(rows(range(10)))
+    run_steps(ds, steps)
+    ds.get_table("inp").store_chunk(rows([1, 2], "pending"))  # changed after the last run
+    _downgrade(dbconn)
+    dbconn.con.dispose()
+
+    calls = []
+
+    def func(df: pd.DataFrame) -> pd.DataFrame:
+        calls.extend(df["id"])
+        return bang(df)
+
+    fresh = DBConn(dbconn.connstr)
+    ds, steps = build(fresh, func)
+    with pytest.raises(MetadataUpgradeRequired, match="run `datapipe db upgrade`"):
+        run_steps(ds, steps)
+    with pytest.raises(MetadataUpgradeRequired):
+        ds.get_table("inp").store_chunk(rows([3], "x"))
+    assert ds.get_table("inp").get_data().set_index("id").loc[3, "a"] == "v3"  # nothing was written
+
+    tables = [ds.get_table(name).meta for name in ds.tables]
+    report = upgrade_metadata(fresh, tables, [(steps[0].meta, steps[0].changes)])
+    assert report.steps == [("step", 2)] and sorted(report.tables) == ["inp_meta", "out_meta"]
+    assert pending(ds, steps) == 2
+    run_steps(ds, steps)
+    assert sorted(calls) == [1, 2]
+    assert output(ds) == {i: (f"pending{i}!" if i in (1, 2) else f"v{i}!") for i in range(10)}
+    ds.get_table("inp").store_chunk(rows([5], "after"))
+    run_steps(ds, steps)
+    assert sorted(calls) == [1, 2, 5] and pending(ds, steps) == 0
+
+    again = upgrade_metadata(fresh, tables, [(steps[0].meta, steps[0].changes)])
+    assert again.summary() == "metadata is already up to date"
+    fresh.con.dispose()

@@ -6,7 +6,7 @@
 the module is imported with the working directory on ``sys.path`` (default ``app:app``).
 
 Commands: ``run`` (``--loop``), ``step list|run|reset-metadata|run-idx`` (``--name``, ``--labels``),
-``table list``, ``db create-all``, ``plugins list``, ``graph`` (Mermaid, ``--format dot``).
+``table list``, ``db create-all``, ``db upgrade``, ``plugins list``, ``graph`` (Mermaid, ``--format dot``).
 Plugins add commands through the ``datapipe_cli`` hook.
 
 Exit codes: 0 success; 1 a run or command failed (a step with failed batches, an unreachable
@@ -515,6 +515,27 @@ def db_create_all(obj: CliContext) -> None:
         except Exception as e:
             raise CliError(f"database {mask_url(conn.connstr)}: {_one_line(e)}") from e
         click.echo(f"{mask_url(conn.connstr)}: {len(conn.sqla_metadata.tables)} tables ensured")
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(obj: CliContext) -> None:
+    """Upgrade a metadata database written by an earlier Datapipe to change versions, keeping what
+    every step has processed (keys pending before the upgrade stay pending)."""
+    from datapipe.meta.upgrade import upgrade_metadata
+    from datapipe.step.batch_transform import BaseBatchTransformStep
+    from datapipe.store.database import mask_url
+
+    app = obj.app
+    tables = [app.ds.get_table(name).meta for name in app.ds.tables]
+    steps = [(s.meta, s.changes) for s in app.steps if isinstance(s, BaseBatchTransformStep)]
+    try:
+        report = upgrade_metadata(app.ds.meta_dbconn, tables, steps)
+    except Exception as e:
+        raise CliError(f"upgrade of {mask_url(app.ds.meta_dbconn.connstr)} failed: {_one_line(e)}") from e
+    for step_name, pending in report.steps:
+        click.echo(f"step {step_name}: {pending} key(s) pending")
+    click.echo(f"{mask_url(app.ds.meta_dbconn.connstr)}: {report.summary()}")
 
 
 # ---------------------------------------------------------------- plugins, graph
