@@ -371,3 +371,43 @@ def test_plugin_cli_commands(dp):
         for p in plugins:
             registry.pm.unregister(p)
         cli.commands.pop("hello", None)
+
+
+# ---------------------------------------------------------------- db upgrade
+
+
+def _downgrade_to_timestamp_schema(db_url: str) -> None:
+    """Reshape every metadata table as Datapipe wrote it before change versions (SQLite)."""
+    from sqlalchemy import inspect, text
+
+    conn = DBConn(db_url)
+    with conn.con.begin() as con:
+        insp = inspect(con)
+        for table in insp.get_table_names():
+            columns = {c["name"] for c in insp.get_columns(table)}
+            if "version" in columns and table.endswith("_meta"):
+                con.execute(text(f"DROP INDEX ix_{table}_version"))
+                con.execute(text(f"ALTER TABLE {table} DROP COLUMN version"))
+            for column in ("seen_below", "seen_pending"):
+                if column in columns and table.endswith("_meta"):
+                    con.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        con.execute(text("DROP TABLE datapipe_watermarks"))
+        con.execute(text("CREATE TABLE datapipe_watermarks (step VARCHAR(255), input VARCHAR(255), watermark FLOAT)"))
+        con.execute(text("DROP TABLE datapipe_version"))
+    conn.con.dispose()
+
+
+def test_db_upgrade_of_a_timestamp_schema_keeps_processed_state(dp, db_url):
+    assert dp("run").exit_code == 0
+    _downgrade_to_timestamp_schema(db_url)
+    refused = dp("run")
+    assert refused.exit_code == 1
+    assert "run `datapipe db upgrade`" in refused.stderr and "Traceback" not in refused.output
+    upgraded = dp("db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "step double: 0 key(s) pending" in upgraded.stdout
+    rerun = dp("run")
+    summary = {line.split()[0]: line.split()[1:] for line in rerun.stderr.splitlines() if line.strip()}
+    assert rerun.exit_code == 0, rerun.output
+    assert summary["double"][:4] == ["0", "0", "0", "0"] and summary["split"][:4] == ["0", "0", "0", "0"]
+    assert "already up to date" in dp("db", "upgrade").stdout

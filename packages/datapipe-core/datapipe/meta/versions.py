@@ -95,15 +95,10 @@ def write_version(con: Connection) -> int:
     if con.dialect.name == "postgresql":
         value = con.exec_driver_sql("SELECT pg_current_xact_id()::text::bigint").scalar_one()
     else:
-        row = con.exec_driver_sql(
-            f"UPDATE {VERSION_TABLE} SET version = version + 1 WHERE id = 1 RETURNING version"
-        ).first()
-        if row is None:
-            raise RuntimeError(
-                f"the metadata database has no row in {VERSION_TABLE}; "
-                "create it with DataStore(create_meta_table=True) or run `datapipe db upgrade`"
-            )
-        value = row[0]
+        value = con.exec_driver_sql(
+            f"INSERT INTO {VERSION_TABLE} (id, version) VALUES (1, 1) "
+            "ON CONFLICT (id) DO UPDATE SET version = version + 1 RETURNING version"
+        ).scalar_one()
     con.info["datapipe_version"] = (tx, int(value))
     return int(value)
 
