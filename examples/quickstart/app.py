@@ -72,12 +72,11 @@ app = DatapipeApp(ds, catalog, pipeline)
 
 
 def main() -> None:
+    result = run_steps(ds, app.steps)  # a RunResult: what each step processed, changed, deleted, failed
+    result.raise_for_failures()
     priced = ds.get_table("priced")
-    step = app.steps[1]
-    run_steps(ds, app.steps[:1])
-    pending = step.meta.get_changed_idx_count(ds)
-    run_steps(ds, app.steps[1:])
-    print(f"processed {pending} changed product(s); 'priced' now holds {priced.get_size()} rows")
+    processed = result[app.steps[1].name].processed
+    print(f"processed {processed} changed product(s); 'priced' now holds {priced.get_size()} rows")
     print(priced.get_data().sort_values("product_id").to_string(index=False))
 
 

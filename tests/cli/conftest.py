@@ -26,10 +26,12 @@ def dp(db_url: str):
     _register_plugins()
     runner = CliRunner()
 
-    def invoke(*args: str, pipeline: Optional[str] = "multi_pipeline:app", **env: str) -> Result:
+    def invoke(
+        *args: str, pipeline: Optional[str] = "multi_pipeline:app", input: Optional[str] = None, **env: str
+    ) -> Result:
         full = (["--pipeline", pipeline] if pipeline else []) + list(args)
         environ = {"DATAPIPE_DB": db_url, "FAIL_ID": None, "N_ITEMS": None, "NO_CREATE": None, **env}
-        return runner.invoke(cli, full, env=environ)
+        return runner.invoke(cli, full, env=environ, input=input)
 
     return invoke
 

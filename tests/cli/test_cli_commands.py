@@ -74,8 +74,20 @@ def test_explicit_executor(dp, db_url):
 def test_failed_batch_gives_exit_code_1_and_is_listed(dp, db_url):
     result = dp("run", FAIL_ID="4")
     assert result.exit_code == 1
-    assert "Error: failed batches in square: 1 batch(es), e.g. ValueError: cannot square id 4" in result.stderr
-    assert "Traceback" not in result.output
+    # per failed step: the failing keys, the exception, and the frames of the user's function
+    lines = result.stderr[result.stderr.index("Error: step") + len("Error: "):].splitlines()
+    assert lines[:4] == [
+        "step square: 3 key(s) failed in 1 batch(es)",
+        "  keys: {id=3}, {id=4}, {id=5}",
+        "  ValueError: cannot square id 4",
+        "  traceback (your code):",
+    ]
+    assert "multi_pipeline.py" in lines[4] and "in square" in lines[4]
+    assert 'raise ValueError(f"cannot square id {fail}")' in lines[5]
+    assert "Traceback (most recent call last)" not in result.output and "batch_transform.py" not in result.output
+    assert "--debug shows full tracebacks" in result.stderr
+    debug = dp("--debug", "run", FAIL_ID="4")
+    assert debug.exit_code == 1 and "batch_transform.py" in debug.stderr and "in square" in debug.stderr
     assert read_table(db_url, "squared")["id"].tolist() == [0, 1, 2, 6, 7, 8, 9]
     status = step_rows(dp("step", "list", "--status").stdout)
     # step, kind, io, labels, processed, pending, failed, last error

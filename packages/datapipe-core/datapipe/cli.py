@@ -115,14 +115,14 @@ def load_app(spec: str, debug: bool = False) -> DatapipeApp:
 
     Errors become one-line ``CliError``/``CliUsageError``; with ``debug`` the original exception propagates.
     """
-    module_name, _, attr = spec.partition(":")
+    module_name, attr = split_pipeline_spec(spec)
     attr = attr or "app"
     if not module_name:
         raise CliUsageError(f"--pipeline {spec!r}: expected module.path:attribute, e.g. app:app")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        module = _import_file(spec, module_name) if _is_path(module_name) else importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if debug:
             raise
@@ -145,6 +145,41 @@ def load_app(spec: str, debug: bool = False) -> DatapipeApp:
     if not isinstance(app, DatapipeApp):
         raise CliUsageError(f"--pipeline {spec!r}: {attr!r} is a {type(app).__name__}, not a DatapipeApp")
     return app
+
+
+def _is_path(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def split_pipeline_spec(spec: str) -> Tuple[str, str]:
+    """``"pkg.mod:app"`` -> ``("pkg.mod", "app")``; ``"dir/app.py:app"`` and ``"dir/app.py"`` -> ``("dir/app.py", ...)``."""
+    if spec.endswith(".py"):
+        return spec, ""
+    if _is_path(spec):
+        target, _, attr = spec.rpartition(":")
+        return (target, attr) if target else (spec, "")
+    target, _, attr = spec.partition(":")
+    return target, attr
+
+
+def _import_file(spec: str, path: str) -> Any:
+    """Import the Python file ``path`` as a module named after it, its folder first on ``sys.path``."""
+    import importlib.util
+
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise CliUsageError(f"--pipeline {spec!r}: no such file {full}")
+    folder = os.path.dirname(full)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = os.path.splitext(os.path.basename(full))[0]
+    loader_spec = importlib.util.spec_from_file_location(name, full)
+    if loader_spec is None or loader_spec.loader is None:
+        raise CliUsageError(f"--pipeline {spec!r}: cannot import {full}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    loader_spec.loader.exec_module(module)
+    return module
 
 
 # ---------------------------------------------------------------- step selection
@@ -255,7 +290,8 @@ def _configure_logging(debug: bool) -> None:
     default="app:app",
     show_default=True,
     envvar="DATAPIPE_PIPELINE",
-    help="The DatapipeApp to load, as module.path:attribute (imported from the working directory).",
+    help="The DatapipeApp to load: module.path:attribute (imported from the working directory) or "
+    "path/to/file.py[:attribute]. Env: DATAPIPE_PIPELINE.",
 )
 @click.option("--executor", "executor_name", default=None, help="Executor name, e.g. single_thread or ray.")
 @click.option("--debug", is_flag=True, help="Debug logging and full tracebacks.")
@@ -271,29 +307,38 @@ def cli(ctx: click.Context, pipeline: str, executor_name: Optional[str], debug: 
 # ---------------------------------------------------------------- run
 
 
-def _run_once(obj: CliContext, steps: Sequence[ComputeStep], executor: Optional[Executor]) -> int:
+def _run_once(
+    obj: CliContext, steps: Sequence[ComputeStep], executor: Optional[Executor], fail_fast: Optional[bool]
+) -> int:
     from datapipe.progress import RichProgress
+    from datapipe.run_result import format_failures
 
     progress = RichProgress()
     run_config = RunConfig(callback=obj.callbacks(progress))
-    run_steps(obj.app.ds, steps, run_config=run_config, executor=executor)
-    failed = progress.failed_steps
-    if failed:
-        detail = "; ".join(f"{s.name}: {s.failed} batch(es), e.g. {s.errors[0] if s.errors else '?'}" for s in failed)
-        click.echo(mask_text(f"Error: failed batches in {detail}"), err=True)
-        click.echo("  (the failed keys are retried on the next run; see: datapipe step list --status)", err=True)
+    result = run_steps(obj.app.ds, steps, run_config=run_config, executor=executor, fail_fast=fail_fast)
+    if not result.ok:
+        click.echo(mask_text(f"Error: {format_failures(result, debug=obj.debug)}"), err=True)
+        hint = "" if obj.debug else "; --debug shows full tracebacks"
+        click.echo(f"  (failed keys are retried on the next run; see: datapipe step list --status{hint})", err=True)
         return EXIT_FAILED
     return 0
 
 
-def _run(obj: CliContext, steps: Sequence[ComputeStep], loop: bool, loop_delay: float, max_loops: int) -> None:
+def _run(
+    obj: CliContext,
+    steps: Sequence[ComputeStep],
+    loop: bool,
+    loop_delay: float,
+    max_loops: int,
+    fail_fast: Optional[bool] = None,
+) -> None:
     executor = obj.executor()
     steps = list(steps)
     code = 0
     iteration = 0
     while True:
         iteration += 1
-        code = _run_once(obj, steps, executor)
+        code = _run_once(obj, steps, executor, fail_fast)
         if not loop or (max_loops and iteration >= max_loops):
             break
         time.sleep(loop_delay)
@@ -302,6 +347,12 @@ def _run(obj: CliContext, steps: Sequence[ComputeStep], loop: bool, loop_delay: 
 
 
 def _loop_options(f: Any) -> Any:
+    f = click.option(
+        "--fail-fast/--no-fail-fast",
+        default=None,
+        help="Stop at the first exception of a step function (default: env DATAPIPE_FAIL_FAST, else off: "
+        "failed batches are recorded and retried on the next run).",
+    )(f)
     f = click.option("--max-loops", default=0, help="With --loop: stop after this many runs (0 = forever).")(f)
     f = click.option("--loop-delay", default=30.0, show_default=True, help="Seconds to wait between runs with --loop.")(
         f
@@ -312,9 +363,14 @@ def _loop_options(f: Any) -> Any:
 @cli.command()
 @_loop_options
 @click.pass_obj
-def run(obj: CliContext, loop: bool, loop_delay: float, max_loops: int) -> None:
-    """Run every step, each processing only what changed."""
-    _run(obj, obj.app.steps, loop, loop_delay, max_loops)
+def run(obj: CliContext, loop: bool, loop_delay: float, max_loops: int, fail_fast: Optional[bool]) -> None:
+    """Run every step, each processing only what changed.
+
+    A step function that raises fails its batch only: the keys are recorded as failed and
+    retried on the next run, the other batches go on, and the command exits with code 1 after
+    printing the failing keys, the exception and the traceback of your code.
+    """
+    _run(obj, obj.app.steps, loop, loop_delay, max_loops, fail_fast)
 
 
 # ---------------------------------------------------------------- step
@@ -365,18 +421,35 @@ def _step_status(obj: CliContext, s: ComputeStep) -> List[Any]:
 @_loop_options
 @click.pass_obj
 def step_run(
-    obj: CliContext, names: Optional[str], labels: Sequence[str], loop: bool, loop_delay: float, max_loops: int
+    obj: CliContext,
+    names: Optional[str],
+    labels: Sequence[str],
+    loop: bool,
+    loop_delay: float,
+    max_loops: int,
+    fail_fast: Optional[bool],
 ) -> None:
     """Run the selected steps (in pipeline order)."""
-    _run(obj, select_steps(obj.app.steps, names, labels), loop, loop_delay, max_loops)
+    _run(obj, select_steps(obj.app.steps, names, labels), loop, loop_delay, max_loops, fail_fast)
 
 
 @step.command("reset-metadata")
 @step_filters
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation when resetting every step.")
 @click.pass_obj
-def step_reset_metadata(obj: CliContext, names: Optional[str], labels: Sequence[str]) -> None:
-    """Forget what the selected steps processed: their next run processes everything."""
-    for s in select_steps(obj.app.steps, names, labels):
+def step_reset_metadata(obj: CliContext, names: Optional[str], labels: Sequence[str], yes: bool) -> None:
+    """Forget what the selected steps processed: their next run processes everything.
+
+    Without --name or --labels this resets every step, and asks first (unless --yes).
+    """
+    selected = select_steps(obj.app.steps, names, labels)
+    if not (names or labels or yes):
+        click.confirm(
+            f"Reset the metadata of all {len(selected)} step(s)? Their next run reprocesses everything",
+            abort=True,
+            err=True,
+        )
+    for s in selected:
         s.reset_metadata(obj.app.ds)
         click.echo(f"reset {s.name}")
 
@@ -611,8 +684,14 @@ def dot(steps: Sequence[ComputeStep]) -> str:
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
 @click.pass_obj
 def graph(obj: CliContext, fmt: str) -> None:
-    """Print the pipeline graph (tables and steps) as Mermaid or Graphviz DOT text."""
-    steps = obj.app.steps
+    """Print the pipeline graph (tables and steps) as Mermaid or Graphviz DOT text.
+
+    Needs no database: the pipeline is loaded without connecting to one.
+    """
+    from datapipe.store.database import offline
+
+    with offline():
+        steps = obj.app.steps
     click.echo(mermaid(steps) if fmt == "mermaid" else dot(steps))
 
 

@@ -13,6 +13,7 @@ from datapipe.executor import Executor, ExecutorConfig
 from datapipe.meta.locks import step_lock
 from datapipe.run_callback import CompositeRunCallback, RunCallback
 from datapipe.run_config import RunConfig
+from datapipe.run_result import RunResult, with_result_collector
 from datapipe.store.table_store import TableStore
 from datapipe.types import ChangeList, IndexDF, InputSpec, Labels, OutputSpec, Required, TableOrName
 
@@ -251,8 +252,29 @@ def run_steps(
     steps: Sequence[ComputeStep],
     run_config: Optional[RunConfig] = None,
     executor: Optional[Executor] = None,
-) -> None:
-    """Run every step in order, each processing only what changed."""
+    fail_fast: Optional[bool] = None,
+) -> RunResult:
+    """Run every step in order, each processing only the keys whose inputs changed.
+
+    Args:
+        ds: the data store holding the metadata.
+        steps: the steps to run, usually ``build_compute(...)`` or ``DatapipeApp.steps``.
+        run_config: filters, labels, a run callback; ``None`` for defaults.
+        executor: where batches run; ``None`` runs them one after another in this process.
+        fail_fast: ``True`` re-raises the first exception of a step function instead of
+            recording the batch as failed and going on; ``None`` keeps ``run_config.fail_fast``
+            (default: the ``DATAPIPE_FAIL_FAST`` environment variable, off).
+
+    Returns:
+        A ``RunResult``: per step the keys processed, output rows changed and deleted, failed
+        keys with their exceptions and tracebacks, and seconds. Check ``result.ok`` or call
+        ``result.raise_for_failures()``: a failed batch does not raise by default.
+
+    Raises:
+        Exception: under ``fail_fast``, the step function's exception; always, errors of the
+            metadata database (the run stops, nothing processed so far is lost).
+    """
+    run_config, collector = with_result_collector(run_config, fail_fast)
     cb = _callback(run_config)
     cb.on_run_start(steps)
     try:
@@ -263,12 +285,18 @@ def run_steps(
         cb.on_run_error(e)
         raise
     cb.on_run_success()
+    return collector.result()
 
 
 def run_pipeline(
-    ds: DataStore, catalog: Catalog, pipeline: Pipeline, run_config: Optional[RunConfig] = None
-) -> None:
-    run_steps(ds, build_compute(ds, catalog, pipeline), run_config)
+    ds: DataStore,
+    catalog: Catalog,
+    pipeline: Pipeline,
+    run_config: Optional[RunConfig] = None,
+    fail_fast: Optional[bool] = None,
+) -> RunResult:
+    """Build the pipeline's steps and run them (``run_steps``); returns the ``RunResult``."""
+    return run_steps(ds, build_compute(ds, catalog, pipeline), run_config, fail_fast=fail_fast)
 
 
 def run_steps_changelist(

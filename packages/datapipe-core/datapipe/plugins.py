@@ -140,7 +140,9 @@ class PluginRegistry:
         try:
             return getattr(importlib.import_module(module), attr)
         except ImportError as e:
-            hint = f"; install it with: pip install {KNOWN_PROVIDERS[name]}" if name in KNOWN_PROVIDERS else ""
+            hint = ""
+            if name in KNOWN_PROVIDERS and "pip install" not in str(e):  # the error may carry the hint already
+                hint = f"; install it with: pip install '{KNOWN_PROVIDERS[name]}'"
             raise PluginError(f"{what} {name!r} could not be imported ({e}){hint}") from e
 
 

@@ -44,7 +44,7 @@ from typing import Any, Optional, Tuple
 from sqlalchemy import BigInteger, Column, Integer, String, and_, cast, literal, or_
 from sqlalchemy.engine import Connection
 
-from datapipe.store.database import DBConn
+from datapipe.store.database import DBConn, is_offline
 
 VERSION_TABLE = "datapipe_version"
 
@@ -76,7 +76,7 @@ def declare_counter(dbconn: DBConn, create: bool) -> None:
     table = dbconn.get_table(
         VERSION_TABLE, [Column("id", Integer, primary_key=True), Column("version", BigInteger)], create
     )
-    if create:
+    if create and not is_offline():
         with dbconn.begin() as con:
             con.execute(table.insert().prefix_with("OR IGNORE").values(id=1, version=0))
 

@@ -22,7 +22,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import pandas as pd
 from sqlalchemy import Column
@@ -46,6 +46,7 @@ from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig
+from datapipe.run_result import attach_failure
 from datapipe.store.sql_checks import BASIC, python_type
 from datapipe.store.table_store import StoreError
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
@@ -143,6 +144,36 @@ def _project(idx: pd.DataFrame, cols: Dict[str, str]) -> pd.DataFrame:
     return sub
 
 
+_warned: Set[Tuple[str, str]] = set()  # (step, input) pairs already warned about in this process
+
+
+def warn_untied_inputs(
+    name: str, transform_keys: Sequence[str], inputs: Sequence[ComputeInput], columns: Sequence[Dict[str, str]]
+) -> None:
+    """Warn (once per process) about inputs that no transform key ties to their rows.
+
+    Such an input is read whole for every batch, and a change to any of its rows makes every
+    key of the step pending again: correct, but a full recomputation on each change. Usually
+    the input carries a transform key as a plain column that should be declared ``MetaKey()``.
+    """
+    for ci, cols in zip(inputs, columns):
+        if cols or (name, ci.name) in _warned:
+            continue
+        _warned.add((name, ci.name))
+        logger.warning(
+            "step %r: input %r has none of the transform keys %s among its key columns %s, so any change "
+            "to it reprocesses every key of the step. If a column of %r holds a transform key, declare it "
+            "in the table's schema as Column(..., MetaKey()) (datapipe.store.database.MetaKey), or map it "
+            "with InputSpec(%r, keys={...}); see the docs page 'Transform keys and joins'.",
+            name,
+            ci.name,
+            list(transform_keys),
+            ci.primary_keys,
+            ci.name,
+            ci.name,
+        )
+
+
 def normalise_filters(filters: Filters) -> List[LabelDict]:
     if filters is None:
         return []
@@ -202,6 +233,7 @@ class BaseBatchTransformStep(ComputeStep):
         self.meta = StepMeta(ds.meta_dbconn, name, self.transform_schema, create_table=ds.create_meta_table)
         self.meta.step = self
         self.input_columns = [input_key_columns(ci.dt.meta, self.transform_keys, ci.keys) for ci in self.input_dts]
+        warn_untied_inputs(name, self.transform_keys, self.input_dts, self.input_columns)
         self.changes = ChangeQuery(
             self.meta,
             self.transform_keys,
@@ -347,6 +379,7 @@ class BaseBatchTransformStep(ComputeStep):
     def _record_failure(self, idx: IndexDF, error: Exception, run_config: RunConfig) -> ChangeList:
         text = f"{type(error).__name__}: {error}"
         logger.error("step %s: batch of %d keys failed: %s", self.name, len(idx), text)
+        attach_failure(error, idx)
         self.meta.mark_failed(idx, time.time(), text)
         if run_config.callback is not None:
             run_config.callback.on_step_error(self, error)

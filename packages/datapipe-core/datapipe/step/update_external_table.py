@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs
 from datapipe.datatable import DataStore
-from datapipe.executor import Executor
+from datapipe.executor import Executor, batch_stats
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, Labels
 
@@ -22,7 +22,9 @@ def update_external_table(ds: DataStore, output: ComputeOutput, run_config: Opti
         now = max(time.time(), started)  # never before ``started``: see do_batch_generate
         changed, _ = dt.store_chunk_changes(chunk, now=now, write_store=False)
         changes.append(dt.name, changed)
-    changes.append(dt.name, dt.delete_stale_by_process_ts(started, delete_store=False))
+    vanished = dt.delete_stale_by_process_ts(started, delete_store=False)
+    changes.append(dt.name, vanished)
+    changes.deleted_count = len(vanished)
     return changes
 
 
@@ -30,8 +32,11 @@ class UpdateExternalTableStep(ComputeStep):
     def run_full(
         self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
     ) -> None:
-        with self.run_scope(ds, run_config):
-            update_external_table(ds, self.output_dts[0], run_config)
+        with self.run_scope(ds, run_config, total=1):
+            changes = update_external_table(ds, self.output_dts[0], run_config)
+            if run_config is not None and run_config.callback is not None:
+                n = sum(len(idx) for idx in changes.changes.values())
+                run_config.callback.on_step_progress(self, 1, 1, rows=n, **batch_stats(changes))
 
     def run_changelist(
         self,

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
 import pandas as pd
 from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, select
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError, OperationalError
 from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -65,9 +65,15 @@ def mask_url(url: str) -> str:
         return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+URL_EXAMPLES = "e.g. sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
+
+
 def _normalise_url(connstr: str) -> str:
-    """Pick an installed PostgreSQL driver for plain ``postgresql://`` URLs."""
-    url = make_url(connstr)
+    """Pick an installed PostgreSQL driver for plain ``postgresql://`` URLs; ``ValueError`` if unparsable."""
+    try:
+        url = make_url(connstr)
+    except ArgumentError:
+        raise ValueError(f"database URL {mask_url(connstr)!r} is not a valid URL ({URL_EXAMPLES})") from None
     if url.drivername in ("postgresql", "postgres"):
         try:
             import psycopg2  # noqa: F401
@@ -76,6 +82,43 @@ def _normalise_url(connstr: str) -> str:
         else:
             url = url.set(drivername="postgresql")
     return url.render_as_string(hide_password=False)
+
+
+def _create_engine(connstr: str, url: str, kwargs: Dict[str, Any]) -> Engine:
+    """``create_engine`` with one-line errors for an unknown database kind or a missing driver."""
+    try:
+        return create_engine(url, **kwargs)
+    except NoSuchModuleError:
+        kind = make_url(url).drivername
+        raise ValueError(
+            f"database URL {mask_url(connstr)!r}: unknown database kind {kind!r} ({URL_EXAMPLES})"
+        ) from None
+    except ModuleNotFoundError as e:
+        hint = " (pip install 'datapipe-core[postgres]')" if url.startswith("postgres") else ""
+        raise ImportError(
+            f"database URL {mask_url(connstr)!r} needs the driver module {e.name!r}, which is not installed{hint}"
+        ) from None
+
+
+_OFFLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("datapipe_offline", default=False)
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """Declare tables without connecting to any database (used by ``datapipe graph``).
+
+    Inside the block ``DBConn.get_table`` neither checks nor creates tables, so a pipeline can be
+    loaded to inspect its shape while its databases are unreachable. Nothing may be read or written.
+    """
+    token = _OFFLINE.set(True)
+    try:
+        yield
+    finally:
+        _OFFLINE.reset(token)
+
+
+def is_offline() -> bool:
+    return _OFFLINE.get()
 
 
 def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
@@ -150,7 +193,7 @@ class DBConn:
         kwargs = dict(create_engine_kwargs)
         if self.is_sqlite:
             kwargs.setdefault("connect_args", {"timeout": 60})
-        self.con: Engine = create_engine(url, **kwargs)
+        self.con: Engine = _create_engine(connstr, url, kwargs)
         if self.is_sqlite:
             event.listen(self.con, "connect", _sqlite_pragmas)
         elif "pool_pre_ping" not in kwargs:
@@ -237,10 +280,12 @@ class DBConn:
             table = self.sqla_metadata.tables[key]
         else:
             table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes)
+            if is_offline():
+                return table
             with self.begin() as con:  # a table created by an earlier run must still match its declaration
                 where = f"table {name!r} in {mask_url(self.connstr)}"
                 check_existing_table(con, where, name, self.schema, [c for c in columns if c.name not in optional])
-        if create:
+        if create and not is_offline():
             self._create_table(table)
         return table
 
@@ -257,7 +302,7 @@ class DBConn:
 
     def missing_columns(self, name: str, columns: Sequence[str]) -> List[str]:
         """Those of ``columns`` an existing table ``name`` lacks ([] when the table does not exist)."""
-        if not columns:
+        if not columns or is_offline():
             return []
         with self.begin() as con:
             insp = inspect(con)

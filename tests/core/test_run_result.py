@@ -1,0 +1,164 @@
+"""What a new user sees in the first hour (issue 13): run results, failures with keys and
+tracebacks, ``fail_fast``, the warning for joins no transform key ties, and clear URL errors."""
+
+import logging
+
+import pandas as pd
+import pytest
+from sqlalchemy import Column, Integer, String
+
+from datapipe.compute import Catalog, Pipeline, Table, build_compute, run_pipeline, run_steps
+from datapipe.run_result import RunFailed, format_failures
+from datapipe.step import batch_transform
+from datapipe.step.batch_transform import BatchTransform
+from datapipe.step.update_external_table import UpdateExternalTable
+from datapipe.store.database import DBConn, MetaKey, TableStoreDB
+from datapipe.store.pandas import TableStoreJsonLine
+
+
+def numbers_schema():
+    return [Column("id", Integer, primary_key=True), Column("n", Integer)]
+
+
+def invert(numbers: pd.DataFrame) -> pd.DataFrame:
+    return numbers.assign(n=numbers["n"].map(lambda n: 100 // n))
+
+
+@pytest.fixture
+def inverting(ds, make_catalog):
+    catalog = make_catalog(numbers=numbers_schema(), inverse=numbers_schema())
+    pipeline = Pipeline([BatchTransform(invert, inputs=["numbers"], outputs=["inverse"], chunk_size=2, name="inv")])
+    steps = build_compute(ds, catalog, pipeline)
+    return catalog, pipeline, steps
+
+
+def test_run_result_counts_processed_changed_deleted(ds, inverting):
+    _, _, steps = inverting
+    numbers = ds.get_table("numbers")
+    numbers.store_chunk(pd.DataFrame({"id": [1, 2, 3], "n": [1, 2, 4]}))
+    result = run_steps(ds, steps)
+    assert result.ok and result["inv"].processed == 3 and result["inv"].changed == 3
+    assert result["inv"].deleted == 0 and result["inv"].seconds >= 0
+
+    assert run_steps(ds, steps)["inv"].processed == 0  # nothing changed
+
+    numbers.delete_by_idx(pd.DataFrame({"id": [3]}))
+    result = run_steps(ds, steps)
+    assert (result["inv"].processed, result["inv"].changed, result["inv"].deleted) == (1, 0, 1)
+
+
+def test_failed_keys_exception_and_user_traceback(ds, inverting):
+    _, _, steps = inverting
+    ds.get_table("numbers").store_chunk(pd.DataFrame({"id": [1, 2, 3, 4, 5], "n": [5, 0, 4, 0, 1]}))
+    result = run_steps(ds, steps)
+    assert not result.ok
+    inv = result["inv"]
+    # batches of 2: (1, 2) and (3, 4) fail, (5) succeeds
+    assert (inv.failed_batches, inv.failed_keys, inv.changed) == (2, 4, 1)
+    error = inv.errors[0]
+    assert error.message.startswith("ZeroDivisionError")
+    assert sorted(error.keys["id"]) == [1, 2] and error.key_count == 2
+    assert "in invert" in error.user_traceback and "batch_transform.py" not in error.user_traceback
+    assert "batch_transform.py" in error.traceback  # the full one has Datapipe's frames too
+
+    text = format_failures(result)
+    assert "step inv: 4 key(s) failed in 2 batch(es)" in text
+    assert "keys: {id=1}, {id=2}" in text and "100 // n" in text
+    with pytest.raises(RunFailed, match="inv: 4 key"):
+        result.raise_for_failures()
+
+
+def test_fail_fast_raises_the_function_error(ds, inverting):
+    catalog, pipeline, steps = inverting
+    ds.get_table("numbers").store_chunk(pd.DataFrame({"id": [1, 2], "n": [0, 1]}))
+    with pytest.raises(ZeroDivisionError):
+        run_pipeline(ds, catalog, pipeline, fail_fast=True)
+    assert not run_steps(ds, steps, fail_fast=False).ok  # recorded, not raised
+
+
+def test_update_external_table_changes_are_counted(ds, tmp_path):
+    path = tmp_path / "things.jsonl"
+    path.write_text('{"id": 1, "n": 1}\n{"id": 2, "n": 2}\n')
+    store = TableStoreJsonLine(path, primary_schema=[Column("id", Integer, primary_key=True)])
+    steps = build_compute(ds, Catalog({"things": Table(store)}), Pipeline([UpdateExternalTable(output="things")]))
+    first = run_steps(ds, steps).steps[0]
+    assert (first.changed, first.deleted) == (2, 0)
+    path.write_text('{"id": 1, "n": 10}\n')
+    second = run_steps(ds, steps).steps[0]
+    assert (second.changed, second.deleted) == (1, 1)
+
+
+def totals(users: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
+    sums = orders.groupby("user_id", as_index=False)["amount"].sum()
+    return users[["user_id"]].merge(sums, on="user_id", how="left").fillna({"amount": 0})
+
+
+def _join_pipeline(dbconn: DBConn, ds, meta_key: bool):
+    user_col = Column("user_id", Integer, MetaKey()) if meta_key else Column("user_id", Integer)
+    suffix = "mk" if meta_key else "plain"
+    catalog = Catalog(
+        {
+            "users": Table(TableStoreDB(dbconn, f"users_{suffix}", [Column("user_id", Integer, primary_key=True),
+                                                                    Column("name", String)], create_table=True)),
+            "orders": Table(TableStoreDB(dbconn, f"orders_{suffix}", [Column("order_id", Integer, primary_key=True),
+                                                                      user_col, Column("amount", Integer)],
+                                         create_table=True)),
+            "totals": Table(TableStoreDB(dbconn, f"totals_{suffix}", [Column("user_id", Integer, primary_key=True),
+                                                                      Column("amount", Integer)], create_table=True)),
+        }
+    )
+    step = BatchTransform(totals, inputs=["users", "orders"], outputs=["totals"], name=f"totals_{suffix}")
+    return build_compute(ds, catalog, Pipeline([step]))
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    """The warning is once per process; each test starts as a fresh process would."""
+    monkeypatch.setattr(batch_transform, "_warned", set())
+
+
+@pytest.mark.parametrize("meta_key", [False, True], ids=["plain-column", "MetaKey"])
+def test_join_on_a_non_key_column(ds, dbconn, caplog, meta_key):
+    with caplog.at_level(logging.WARNING, logger="datapipe"):
+        steps = _join_pipeline(dbconn, ds, meta_key)
+    warnings = [r.getMessage() for r in caplog.records if "transform keys" in r.getMessage()]
+    if meta_key:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert "'totals_plain'" in warnings[0] and "'orders'" in warnings[0] and "MetaKey()" in warnings[0]
+
+    ds.get_table("users").store_chunk(pd.DataFrame({"user_id": range(10), "name": [f"u{i}" for i in range(10)]}))
+    ds.get_table("orders").store_chunk(pd.DataFrame({"order_id": [1], "user_id": [3], "amount": [5]}))
+    assert run_steps(ds, steps).ok
+    ds.get_table("orders").store_chunk(pd.DataFrame({"order_id": [2], "user_id": [4], "amount": [7]}))
+    result = run_steps(ds, steps)
+    # The cost the warning is about: without MetaKey one new order reprocesses every user.
+    assert result.steps[0].processed == (1 if meta_key else 10)
+    got = ds.get_table("totals").get_data().set_index("user_id")["amount"]
+    assert (got[3], got[4], got[0]) == (5, 7, 0)
+
+
+def test_warning_is_logged_once_per_process(ds, dbconn, caplog):
+    with caplog.at_level(logging.WARNING, logger="datapipe"):
+        _join_pipeline(dbconn, ds, False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datapipe"):
+        _join_pipeline(dbconn, type(ds)(dbconn, create_meta_table=True), False)
+    assert not [r for r in caplog.records if "transform keys" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("sqlte:///x.db", "unknown database kind 'sqlte'"),
+        ("postgres//u:secret@h/db", "is not a valid URL"),
+        ("postgresql+nosuchdriver://u:secret@h/db", "unknown database kind"),
+    ],
+)
+def test_bad_database_url_is_one_clear_line(url, message):
+    with pytest.raises(ValueError, match=message) as info:
+        DBConn(url)
+    text = str(info.value)
+    assert "\n" not in text and "secret" not in text and "sqlite:///" in text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
