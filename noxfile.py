@@ -8,7 +8,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability"]
+nox.options.sessions = ["lint", "docs", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability"]
 
 CORE = "./packages/datapipe-core"
 TEST_DEPS = ["pytest>=8", "pytest-timeout"]
@@ -23,6 +23,18 @@ def core(session: nox.Session) -> None:
     """Core engine tests on SQLite and PostgreSQL."""
     install_core(session, "postgres,image,parquet,excel")
     session.run("pytest", "tests/core", *session.posargs)
+
+
+DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26", "mkdocs-click>=0.8"]
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site: run every tutorial snippet, then `mkdocs build --strict` (into site/)."""
+    install_core(session)
+    session.install(*DOCS_DEPS)
+    session.run("pytest", "tests/docs", *session.posargs)
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 
 @nox.session
