@@ -8,7 +8,9 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "docs", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability"]
+nox.options.sessions = [
+    "lint", "docs", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability",
+]
 
 CORE = "./packages/datapipe-core"
 TEST_DEPS = ["pytest>=8", "pytest-timeout"]

@@ -152,7 +152,7 @@ def _is_path(target: str) -> bool:
 
 
 def split_pipeline_spec(spec: str) -> Tuple[str, str]:
-    """``"pkg.mod:app"`` -> ``("pkg.mod", "app")``; ``"dir/app.py:app"`` and ``"dir/app.py"`` -> ``("dir/app.py", ...)``."""
+    """Target and attribute of ``--pipeline``: a module (``pkg.mod:app``) or a file (``dir/app.py[:app]``)."""
     if spec.endswith(".py"):
         return spec, ""
     if _is_path(spec):

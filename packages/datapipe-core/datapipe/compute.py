@@ -22,14 +22,34 @@ logger = logging.getLogger("datapipe.compute")
 
 @dataclass
 class Table:
-    """A table in a catalog: where its rows live (``store``) and, optionally, its name."""
+    """A table of a pipeline: where its rows live, and its name.
+
+    Args:
+        store: the ``TableStore`` holding the rows (``TableStoreDB``, ``TableStoreFiledir``,
+            ``datapipe_qdrant.QdrantStore``, ...).
+        name: the table's name; its metadata table is ``<name>_meta``. Filled in from the key
+            when the table is put in a ``Catalog``; required for a ``Table`` used directly as
+            a step input or output.
+    """
 
     store: TableStore
     name: Optional[str] = None
 
 
 class Catalog:
-    """Named tables of a pipeline."""
+    """The named tables of a pipeline; steps refer to tables by these names.
+
+    Args:
+        catalog: ``{"name": Table(store), ...}``.
+
+    Example:
+        ```python
+        catalog = Catalog({
+            "images": Table(TableStoreFiledir("in/{image_id}.jpg", PILFile("jpg"))),
+            "thumbs": Table(TableStoreDB(dbconn, "thumbs", schema, create_table=True)),
+        })
+        ```
+    """
 
     def __init__(self, catalog: Dict[str, Table]) -> None:
         self.catalog: Dict[str, Table] = {}
@@ -49,6 +69,7 @@ class Catalog:
             self.get_datatable(ds, name)
 
     def get_datatable(self, ds: DataStore, name: str) -> DataTable:
+        """The ``DataTable`` (store plus metadata) of table ``name``; ``KeyError`` naming the known tables."""
         if name not in self.catalog:
             raise KeyError(f"table {name!r} is not in the catalog; known tables: {sorted(self.catalog)}")
         return ds.get_or_create_table(name, self.catalog[name].store)
@@ -108,6 +129,8 @@ class ComputeOutput:
 
 @dataclass
 class StepStatus:
+    """Keys a step has processed (``total_idx_count``) and keys pending for its next run."""
+
     name: str
     total_idx_count: int
     changed_idx_count: int
@@ -202,6 +225,13 @@ class PipelineStep(ABC):
 
 @dataclass
 class Pipeline:
+    """The declared steps of a pipeline, in the order they run.
+
+    Args:
+        steps: ``BatchTransform``, ``BatchGenerate``, ``UpdateExternalTable``,
+            ``DatatableTransform``, ... A step should come after the steps writing its inputs.
+    """
+
     steps: List[PipelineStep] = field(default_factory=list)
 
 
@@ -215,7 +245,18 @@ def describe_declared(step: PipelineStep) -> str:
 
 
 def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> List[ComputeStep]:
-    """Bind every pipeline step; raises ``ValueError`` on duplicate step names."""
+    """Bind every declared step of ``pipeline`` to ``ds`` and ``catalog``: the runnable steps.
+
+    Creates missing metadata tables when ``ds`` was made with ``create_meta_table=True``. Logs
+    a warning (once per process) for a step input that no transform key ties to its rows.
+
+    Returns:
+        The ``ComputeStep``s, in pipeline order, for ``run_steps``.
+
+    Raises:
+        KeyError: a step refers to a table that is not in the catalog (names the step).
+        ValueError: duplicate step names, or a step whose declaration is inconsistent.
+    """
     steps: List[ComputeStep] = []
     for declared in pipeline.steps:
         try:
@@ -232,7 +273,22 @@ def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> List[C
 
 
 class DatapipeApp:
-    """What the CLI loads: a data store, a catalog, a pipeline, and the bound steps."""
+    """A pipeline bound to its data store: what the ``datapipe`` command line loads.
+
+    Args:
+        ds: the ``DataStore`` (the metadata database).
+        catalog: the pipeline's tables.
+        pipeline: the pipeline's steps.
+
+    Attributes:
+        steps: the runnable steps (``build_compute(ds, catalog, pipeline)``).
+
+    Example:
+        ```python
+        app = DatapipeApp(ds, catalog, pipeline)   # in app.py; then: datapipe --pipeline app.py run
+        result = run_steps(app.ds, app.steps)      # or from Python
+        ```
+    """
 
     def __init__(self, ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> None:
         self.ds = ds
@@ -332,6 +388,7 @@ def run_changelist(
     changelist: ChangeList,
     run_config: Optional[RunConfig] = None,
 ) -> ChangeList:
+    """Build the pipeline's steps and run them for the keys in ``changelist`` only (``run_steps_changelist``)."""
     return run_steps_changelist(ds, build_compute(ds, catalog, pipeline), changelist, run_config)
 
 

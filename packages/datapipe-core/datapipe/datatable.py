@@ -217,10 +217,19 @@ class DataTable:
         now: Optional[float] = None,
         run_config: Optional[RunConfig] = None,
     ) -> IndexDF:
-        """Write ``data_df``; rows of ``processed_idx`` absent from it are deleted.
+        """Write ``data_df`` and record its changes; rows of ``processed_idx`` absent from it are deleted.
 
-        Unchanged rows are not rewritten. Returns the keys of new or changed rows.
-        Raises ``ValueError`` for missing or null key columns and duplicate keys.
+        Rows are hashed: new or changed rows are written to the store and get a new change
+        version (steps reading this table will process them); unchanged rows are not rewritten.
+        ``processed_idx`` says "this is the complete new content for these keys": its keys that
+        ``data_df`` lacks are deleted. ``now`` only sets the informative timestamps.
+
+        Raises:
+            ValueError: duplicate primary keys, missing or null key columns.
+            TypeError: values that do not fit the table's column types.
+
+        Returns:
+            The keys of new or changed rows.
         """
         changed, _ = self.store_chunk_changes(data_df, processed_idx, now)
         return changed
@@ -258,7 +267,20 @@ class DataTable:
 
 
 class DataStore:
-    """The registry of tables of a pipeline, sharing one metadata database."""
+    """The tables of a pipeline and the metadata database they share.
+
+    Args:
+        meta_dbconn: the database of the metadata (``<table>_meta``, ``<step>_meta``,
+            ``datapipe_watermarks``). It may also hold data tables.
+        create_meta_table: create missing metadata tables when tables and steps are first
+            used. Off: they must exist (``datapipe db create-all``).
+
+    Example:
+        ```python
+        ds = DataStore(DBConn("sqlite:///pipeline.db"), create_meta_table=True)
+        ds.get_table("users").store_chunk(users_df)     # after build_compute / DatapipeApp
+        ```
+    """
 
     def __init__(self, meta_dbconn: DBConn, create_meta_table: bool = False) -> None:
         self.meta_dbconn = meta_dbconn

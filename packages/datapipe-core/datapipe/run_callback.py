@@ -17,6 +17,13 @@ logger = logging.getLogger("datapipe.run_callback")
 
 
 class RunCallback:
+    """Listener for run events; subclass it and override the methods you need.
+
+    Pass it as ``RunConfig(callback=...)``, or contribute it from a plugin with the
+    ``datapipe_run_callbacks`` hook (the CLI attaches those). ``datapipe.progress.RichProgress``
+    is the CLI's progress display; ``datapipe.run_result.RunResultCollector`` builds run results.
+    """
+
     def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
         """Called once before the first step of a run, with every step that will run."""
 

@@ -17,10 +17,14 @@ LabelDict = Dict[str, Any]
 class RunConfig:
     """What a run should do.
 
-    ``filters`` restricts transforms to keys whose columns equal the given values
-    (a list value means "any of"); ``labels`` are attached to log records;
-    ``fail_fast`` re-raises the first error of a step function;
-    ``callback`` receives progress and lifecycle events.
+    Args:
+        filters: restrict batch steps to keys whose columns equal the given values
+            (``{"user_id": 7}``; a list value means "any of"). A filtered run does not advance
+            the steps' change watermarks.
+        labels: attached to log records and spans (the step name is added per step).
+        fail_fast: re-raise the first error of a step function instead of recording the batch
+            as failed and going on. Default: ``DATAPIPE_FAIL_FAST`` (off).
+        callback: a ``RunCallback`` receiving progress and lifecycle events.
     """
 
     filters: LabelDict = field(default_factory=dict)

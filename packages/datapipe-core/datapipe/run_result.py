@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from datapipe.progress import RunStats
+from datapipe.run_callback import CompositeRunCallback, RunCallback
 from datapipe.run_config import RunConfig
 
 if TYPE_CHECKING:
@@ -241,11 +242,9 @@ def with_result_collector(
     run_config: Optional[RunConfig], fail_fast: Optional[bool] = None
 ) -> Tuple[RunConfig, RunResultCollector]:
     """A copy of ``run_config`` whose callback also feeds a new ``RunResultCollector``."""
-    from datapipe.run_callback import CompositeRunCallback
-
     collector = RunResultCollector()
     base = run_config if run_config is not None else RunConfig()
-    callbacks = [collector] if base.callback is None else [collector, base.callback]
+    callbacks: List[RunCallback] = [collector] if base.callback is None else [collector, base.callback]
     changes: Dict[str, Any] = {"callback": CompositeRunCallback(callbacks)}
     if fail_fast is not None:
         changes["fail_fast"] = fail_fast

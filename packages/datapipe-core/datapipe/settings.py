@@ -15,7 +15,14 @@ def _env_bool(name: str, default: bool = False) -> bool:
 
 @dataclass
 class Settings:
-    # Re-raise the first error in a step function instead of recording it and going on.
+    """Process-wide defaults, read from the environment once at import.
+
+    Attributes:
+        fail_fast: ``DATAPIPE_FAIL_FAST`` (``1``/``true``/``yes``/``on``): the default of
+            ``RunConfig.fail_fast``; re-raise the first error in a step function instead of
+            recording the failed batch and going on.
+    """
+
     fail_fast: bool = _env_bool("DATAPIPE_FAIL_FAST")
 
 

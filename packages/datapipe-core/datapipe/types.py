@@ -33,7 +33,13 @@ TableOrName = Union[str, "Table", Any]
 
 @dataclass
 class InputSpec:
-    """A step input. ``keys`` maps transform-key names to this table's column names."""
+    """A step input with options.
+
+    Args:
+        table: a catalog name, a ``Table`` or an ORM class.
+        keys: ``{"transform_key": "column"}``: where this table keeps a transform key when the
+            column is named differently (e.g. ``{"user_id": "author_id"}``).
+    """
 
     table: TableOrName
     keys: Optional[Dict[str, str]] = None
@@ -41,12 +47,22 @@ class InputSpec:
 
 @dataclass
 class Required(InputSpec):
-    """An input that must have a row for a key before the key is processed (inner join)."""
+    """An input that must have a row for a key before the key is processed (inner join).
+
+    Plain inputs are joined fully: a key is processed when any input has a row for it. With
+    ``Required(table)`` only keys that ``table`` has a row for are processed, and when that row
+    is deleted the key's outputs are deleted. Takes the same arguments as ``InputSpec``.
+    """
 
 
 @dataclass
 class OutputSpec:
-    """A step output. ``keys`` maps transform-key names to this table's column names."""
+    """A step output with options.
+
+    Args:
+        table: a catalog name, a ``Table`` or an ORM class.
+        keys: ``{"transform_key": "column"}`` for output key columns named differently.
+    """
 
     table: TableOrName
     keys: Optional[Dict[str, str]] = None

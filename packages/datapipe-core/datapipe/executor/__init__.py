@@ -24,7 +24,14 @@ ProcessFn = Callable[["DataStore", IndexDF, Optional[RunConfig]], ChangeList]
 
 @dataclass
 class ExecutorConfig:
-    """Resources for one batch task (executors that cannot honour them ignore them)."""
+    """Resources for one batch task (executors that cannot honour them ignore them).
+
+    Args:
+        memory: bytes of memory per batch task.
+        cpu: CPUs per batch task (Ray default: 1).
+        gpu: GPUs per batch task.
+        parallelism: at most this many batches of the step in flight at once (``None``: 100).
+    """
 
     memory: Optional[int] = None
     cpu: Optional[float] = None

@@ -31,6 +31,21 @@ def do_batch_generate(
     """Store every chunk ``func(**kwargs)`` yields; then delete rows it did not yield this time.
 
     Stale rows are deleted only when the generator finished: an error keeps every row.
+
+    Args:
+        func: generator function yielding a DataFrame or a tuple of DataFrames per chunk.
+        ds: the data store.
+        output_dts: the output tables, in the order of the yielded tuples.
+        run_config: passed to store calls.
+        delete_stale: delete rows of the outputs that were not yielded in this run.
+        kwargs: keyword arguments for ``func``.
+
+    Returns:
+        The keys that changed (written or deleted), per table.
+
+    Raises:
+        ValueError: a chunk has the wrong number of DataFrames or bad rows (the message names
+            the chunk and the table); whatever ``func`` raises is re-raised.
     """
     started = time.time()
     changes = ChangeList()
@@ -92,7 +107,32 @@ class BatchGenerateStep(ComputeStep):
 
 @dataclass
 class BatchGenerate(PipelineStep):
-    """Declare a step that regenerates ``outputs`` from ``func`` on every run."""
+    """Declare a step that regenerates ``outputs`` from a generator function on every run.
+
+    Each run calls ``func(**kwargs)`` and stores every chunk it yields (``store_chunk``: only
+    new or changed rows count as changes downstream). When the generator finishes, rows of the
+    outputs that it did not yield in this run are deleted (``delete_stale``). If it raises,
+    nothing is deleted and the run fails.
+
+    Args:
+        func: a generator function yielding DataFrames (one output) or tuples of DataFrames
+            (one per output), each with the output tables' key and data columns.
+        outputs: the tables written: catalog names, ``Table`` objects or ORM classes.
+        name: the step's name (default: the function name plus a short hash of the tables).
+        kwargs: keyword arguments for ``func``.
+        labels: ``[("key", "value"), ...]`` tags for CLI selection.
+        delete_stale: delete rows not yielded in this run (default). ``False`` only adds and
+            updates.
+
+    Example:
+        ```python
+        def load_products():
+            for page in api.pages():
+                yield pd.DataFrame(page)      # product_id, name, price
+
+        BatchGenerate(load_products, outputs=["products"])
+        ```
+    """
 
     func: GenerateFunc
     outputs: List[Any]

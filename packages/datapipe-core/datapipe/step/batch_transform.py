@@ -544,7 +544,65 @@ def _bind(
 
 @dataclass
 class BatchTransform(PipelineStep):
-    """Declare a step that maps changed input rows to output rows with ``func``."""
+    """Declare a step that calls ``func`` on batches of changed keys and keeps its outputs in sync.
+
+    The step works per **transform key**: by default the primary-key columns its inputs and
+    outputs share. A run finds the keys whose input rows changed (were created, updated or
+    deleted) since they were last processed, plus keys never processed and keys whose last
+    attempt failed, and calls ``func`` on batches of ``chunk_size`` of them. For the keys of a
+    batch, what ``func`` returns replaces what it returned last time: output rows it no longer
+    returns are deleted.
+
+    Args:
+        func: called as ``func(*input_frames, **injected, **kwargs)``. It receives one DataFrame
+            per input, positionally and in the order of ``inputs``, holding that input's rows for
+            the batch's keys. It may declare parameters named ``idx`` (the batch's keys),
+            ``ds`` (the ``DataStore``) and ``run_config``, which are passed by name. It returns
+            one DataFrame, or a tuple/list with one per output, containing the output tables'
+            key and data columns. When every input row of a key is gone, ``func`` is not called
+            for that key (unless it declares ``idx``) and the key's outputs are deleted.
+        inputs: the tables read: catalog names, ``Table`` objects, SQLAlchemy ORM classes, or
+            ``InputSpec``/``Required`` wrappers of those. Plain inputs join fully (a key is
+            processed when any input has a row for it); ``Required(t)`` joins inner (only keys
+            ``t`` has a row for). ``InputSpec(t, keys={"transform_key": "column"})`` maps a
+            transform key to a differently named column of ``t``.
+        outputs: the tables written, as names, ``Table``s, ORM classes or ``OutputSpec``s.
+            Only this step may write them.
+        chunk_size: keys per batch. A batch is the unit of work, of commit and of retry: pick
+            a size that takes seconds, not hours.
+        name: the step's name (its metadata table is ``<name>_meta``; the CLI selects steps by
+            it). Default: the function's name plus a short hash of the step kind and table
+            names, stable across runs. Give a name when you refer to the step from scripts.
+        kwargs: extra keyword arguments for every call of ``func``.
+        transform_keys: the key columns of a unit of work, overriding the default. Every input
+            should have each of them as a primary key column or a ``MetaKey`` column; an input
+            with none of them is read whole for every batch and any change to it reprocesses
+            every key (``build_compute`` logs a warning).
+        labels: ``[("key", "value"), ...]`` tags, for ``datapipe step run --labels key=value``.
+        executor_config: resources per batch for executors that use them (``ExecutorConfig``:
+            ``cpu``, ``gpu``, ``memory``, ``parallelism``).
+        filters: restrict the step to keys matching ``{"column": value}`` (a list value means
+            any of), a list of such dicts, a DataFrame of keys, or a callable returning one of
+            those. Filtered runs do not advance the step's change watermark.
+        order_by: transform keys to order batches by (default: unordered).
+        order: ``"asc"`` or ``"desc"`` for ``order_by``.
+
+    Raises:
+        ValueError: when the step is built (``build_compute``): no shared key and no
+            ``transform_keys``, a transform key that is no column of any table, a key column
+            with different types in two tables, ``chunk_size < 1``, a bad ``order``/``order_by``.
+
+    Example:
+        ```python
+        def thumbnail(images: pd.DataFrame) -> pd.DataFrame:
+            return images.assign(image=images["image"].map(make_thumbnail))
+
+        BatchTransform(thumbnail, inputs=["images"], outputs=["thumbs"], chunk_size=100)
+
+        # per user, from users(user_id) and orders(order_id, user_id as MetaKey)
+        BatchTransform(order_totals, inputs=["users", "orders"], outputs=["totals"])
+        ```
+    """
 
     func: Callable[..., TransformResult]
     inputs: List[Any]
@@ -574,7 +632,25 @@ class DatatableBatchTransformStep(BatchTransformStep):
 
 @dataclass
 class DatatableBatchTransform(PipelineStep):
-    """Like ``BatchTransform``, but ``func(ds, idx, input_dts, run_config, kwargs)`` reads the inputs itself."""
+    """Like ``BatchTransform``, but the function reads the inputs itself.
+
+    Use it when the inputs are too large to hand over as DataFrames, or when the function
+    needs more than the rows of the batch's keys.
+
+    Args:
+        func: called as ``func(ds, idx, input_dts, run_config, kwargs)`` with the
+            ``DataStore``, the batch's keys (``idx``, a DataFrame of transform-key columns),
+            the input ``DataTable``s, the ``RunConfig`` and ``kwargs``. Returns one DataFrame
+            per output, as for ``BatchTransform``.
+        inputs: as for ``BatchTransform``; they decide which keys changed.
+        outputs: as for ``BatchTransform``.
+        name: the step's name (default: derived from the function name and the tables).
+        chunk_size: keys per batch.
+        transform_keys: the key columns of a unit of work (default: shared primary keys).
+        kwargs: passed to ``func`` as its last argument.
+        labels: ``[("key", "value"), ...]`` tags for CLI selection.
+        executor_config: resources per batch (``ExecutorConfig``).
+    """
 
     func: Callable[..., TransformResult]
     inputs: List[Any]

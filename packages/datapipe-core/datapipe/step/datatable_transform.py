@@ -70,7 +70,32 @@ class DatatableTransformStep(ComputeStep):
 
 @dataclass
 class DatatableTransform(PipelineStep):
-    """Declare a step whose function works on whole tables."""
+    """Declare a step whose function works on whole tables and does its own reading and writing.
+
+    For work that does not fit key-by-key batches (a global aggregate, a model trained on a
+    whole table). The step keeps no per-key state: it runs when any input changed since its
+    last successful run, or on every run with ``check_for_changes=False``.
+
+    Args:
+        func: called as ``func(ds, input_dts, output_dts, run_config, kwargs)`` with the
+            ``DataStore``, the input and output ``DataTable``s, the ``RunConfig`` and
+            ``kwargs``. It writes the outputs itself (``output_dts[0].store_chunk(df)``).
+        inputs: the tables read (names, ``Table``s, ORM classes).
+        outputs: the tables written.
+        check_for_changes: run only when an input changed (default); ``False`` runs every time.
+        kwargs: passed to ``func``.
+        labels: ``[("key", "value"), ...]`` tags for CLI selection.
+
+    Example:
+        ```python
+        def category_stats(ds, input_dts, output_dts, run_config, kwargs):
+            products = input_dts[0].get_data()
+            stats = products.groupby("category", as_index=False)["price"].mean()
+            output_dts[0].store_chunk(stats)
+
+        DatatableTransform(category_stats, inputs=["products"], outputs=["stats"])
+        ```
+    """
 
     func: DatatableTransformFunc
     inputs: List[Any]

@@ -50,7 +50,26 @@ class UpdateExternalTableStep(ComputeStep):
 
 @dataclass
 class UpdateExternalTable(PipelineStep):
-    """Declare that ``output`` is written outside Datapipe and should be scanned for changes."""
+    """Declare that ``output`` is written outside Datapipe and should be scanned for changes.
+
+    Each run reads every row of the store (in chunks, hashing the content), and records in the
+    metadata the rows that are new, changed or gone since the last scan, so that steps reading
+    the table process exactly those. It never writes the store. Put it before the steps that
+    read the table. The step is named ``update_<table name>``.
+
+    Args:
+        output: the table (catalog name, ``Table`` or ORM class) written by someone else: a
+            folder of files, a JSON-lines file edited by hand, a table another program fills.
+        labels: ``[("key", "value"), ...]`` tags for CLI selection.
+
+    Example:
+        ```python
+        Pipeline([
+            UpdateExternalTable(output="products"),          # data/products.jsonl
+            BatchTransform(add_tax, inputs=["products"], outputs=["priced"]),
+        ])
+        ```
+    """
 
     output: Any
     labels: Optional[Labels] = None

@@ -31,10 +31,21 @@ MAX_PARAMS = 16000
 
 
 class MetaKey(SchemaItem):
-    """Marks a non-key column to be copied into the table's metadata table.
+    """Marks a non-key column to be copied into the table's metadata table, for joins.
 
-    ``Column("owner_id", Integer, MetaKey())`` keeps ``owner_id`` next to each row's
-    timestamps, so steps can join on it without reading the data.
+    A step whose transform key is a plain column of an input (``orders`` keyed by ``order_id``
+    with a ``user_id`` column, in a per-user step) can map a changed row of that input to its
+    key only if the column is in the metadata. Without ``MetaKey`` every change to the input
+    reprocesses every key of the step, and ``build_compute`` logs a warning.
+
+    Example:
+        ```python
+        TableStoreDB(dbconn, "orders", [
+            Column("order_id", Integer, primary_key=True),
+            Column("user_id", Integer, MetaKey()),   # orders_meta gets a user_id column
+            Column("amount", Integer),
+        ])
+        ```
     """
 
     __visit_name__ = "meta_key"
@@ -164,8 +175,20 @@ _ACTIVE_TX: contextvars.ContextVar[Optional[Dict[str, Connection]]] = contextvar
 class DBConn:
     """A database the metadata (and optionally data) lives in.
 
-    ``connstr`` is an SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user:pw@host/db``.
-    ``schema`` puts every table in that PostgreSQL schema.
+    Args:
+        connstr: an SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user:pw@host/db``
+            (needs ``pip install 'datapipe-core[postgres]'``). Printed and logged only with the
+            password masked.
+        schema: put every table in this PostgreSQL schema.
+        create_engine_kwargs: passed to SQLAlchemy's ``create_engine`` (pool, ``connect_args``).
+        sqla_metadata: an SQLAlchemy ``MetaData`` to declare tables in (default: a new one).
+
+    Raises:
+        ValueError: an unparsable URL or an unknown database kind (one line, password masked).
+        ImportError: the database driver is not installed (names the extra to install).
+
+    Connecting is lazy: an unreachable server is reported when a table is first used, as a
+    ``StoreError`` naming the (masked) URL.
     """
 
     def __init__(
@@ -392,8 +415,21 @@ def upsert_statement(con: Connection, table: Table, columns: Sequence[str], keys
 class TableStoreDB(TableStore):
     """A table in an SQL database (any SQLAlchemy URL; SQLite and PostgreSQL are tested).
 
-    Writes are bulk upserts; reads filter by primary key with bound ``IN`` lists.
-    ``orm_table`` accepts a declarative ORM class instead of ``name``/``data_sql_schema``.
+    Writes are bulk upserts; reads filter by primary key with bound parameters. When the table
+    is in the metadata database, a batch's output rows and metadata commit in one transaction.
+
+    Args:
+        dbconn: the database.
+        name: the SQL table name.
+        data_sql_schema: SQLAlchemy ``Column``s; primary keys marked ``primary_key=True``;
+            ``Column(..., MetaKey())`` copies a non-key column into the metadata (for joins).
+        create_table: create the table if it does not exist. An existing table must match the
+            declaration (columns, key, types), or a ``ValueError`` says what differs.
+        orm_table: a declarative ORM class instead of ``name`` and ``data_sql_schema``.
+
+    Raises:
+        ValueError: no name/schema, no primary key, or an existing table that does not match.
+        StoreError: the database cannot be reached.
     """
 
     caps = TableStoreCaps()

@@ -62,6 +62,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+
 try:
     import pytest
 except ImportError as e:  # the kit is a pytest suite; datapipe itself does not need pytest
