@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from conftest import HERE, run_datapipe
 from test_cli_commands import step_rows
 
@@ -51,3 +52,32 @@ def test_pipeline_given_as_a_file_path(tmp_path: Path):
         assert "square" in result.stdout
     missing = run_datapipe(["--pipeline", "nowhere/app.py:app", "step", "list"], cwd=tmp_path, env=env)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_help_documents_fail_fast_and_environment(dp):
+    top = dp("--help", pipeline=None)
+    for name in ("DATAPIPE_PIPELINE", "DATAPIPE_FAIL_FAST", "DATAPIPE_STEP_LOCK", "DATAPIPE_STEP_LOCK_TIMEOUT"):
+        assert name in top.stdout
+    run_help = dp("run", "--help", pipeline=None)
+    assert "--fail-fast" in run_help.stdout and "DATAPIPE_FAIL_FAST" in run_help.stdout
+
+
+def test_fail_fast_flag_stops_at_the_first_error(dp):
+    result = dp("run", "--fail-fast", FAIL_ID="4")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: ValueError: cannot square id 4"
+
+
+def test_missing_ray_hint_is_given_once(tmp_path: Path):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("ray")  # the distribution: tests/ray would shadow an import check
+    except PackageNotFoundError:
+        pass
+    else:
+        pytest.skip("ray is installed in this environment")
+    # a subprocess: in this process the tests/ray folder would be importable as "ray"
+    env = {"DATAPIPE_DB": f"sqlite:///{tmp_path}/p.sqlite"}
+    result = run_datapipe(["--pipeline", "multi_pipeline:app", "--executor", "ray", "run"], cwd=HERE, env=env)
+    assert result.returncode == 2 and result.stderr.count("pip install") == 1, result.stderr

@@ -284,7 +284,17 @@ def _configure_logging(debug: bool) -> None:
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-@click.group(cls=DatapipeGroup)
+ENVIRONMENT_HELP = """\b
+Environment variables:
+  DATAPIPE_PIPELINE           default of --pipeline
+  DATAPIPE_FAIL_FAST=1        default of --fail-fast: stop at the first error of a step function
+  DATAPIPE_STEP_LOCK          wait (default) | fail | off: when another process runs the same step
+  DATAPIPE_STEP_LOCK_TIMEOUT  seconds to wait for a step's lock
+  RAY_ADDRESS                 the Ray cluster of --executor ray
+"""
+
+
+@click.group(cls=DatapipeGroup, epilog=ENVIRONMENT_HELP)
 @click.option(
     "--pipeline",
     default="app:app",
