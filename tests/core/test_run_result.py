@@ -162,3 +162,29 @@ def test_bad_database_url_is_one_clear_line(url, message):
     text = str(info.value)
     assert "\n" not in text and "secret" not in text and "sqlite:///" in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def _ping(n: int) -> int:  # ping/pong: distinct consecutive frames, which Python does not collapse
+    return _pong(n - 1)
+
+
+def _pong(n: int) -> int:
+    if n == 0:
+        raise RuntimeError("deep down")
+    return _ping(n - 1)
+
+
+def deep_failure(numbers: pd.DataFrame) -> pd.DataFrame:
+    _ping(13)
+    return numbers
+
+
+def test_user_traceback_keeps_the_function_and_the_raise(ds, make_catalog):
+    catalog = make_catalog(numbers=numbers_schema(), out=numbers_schema())
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(deep_failure, ["numbers"], ["out"], name="deep")]))
+    ds.get_table("numbers").store_chunk(pd.DataFrame({"id": [1], "n": [1]}))
+    error = run_steps(ds, steps)["deep"].errors[0]
+    lines = error.user_traceback.splitlines()
+    assert "in deep_failure" in lines[0] and 'raise RuntimeError("deep down")' in lines[-1]
+    assert any("frame(s) ..." in line for line in lines)
+    assert error.traceback.count("in _p") == 14  # the full traceback has every frame

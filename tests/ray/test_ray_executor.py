@@ -176,3 +176,18 @@ def test_streams_keys_with_bounded_tasks_in_flight(ray_local, dbconn):
     assert max(ahead) <= 3  # at most 3 in flight (3 were submitted before the first completed)
     assert ahead[0] == 3
     assert sorted(ds.get_table("sf_out").get_data()["id"]) == list(range(40))
+
+
+def test_run_result_has_failing_keys_and_traceback_from_workers(ray_local, dbconn):
+    ds = DataStore(dbconn, create_meta_table=True)
+    side = rp.build(ds, dbconn, "rr")
+    df = words(range(20))
+    df.loc[df["id"] == 9, "a"] = "bad"  # batch 8..11 fails inside a Ray task
+    ds.get_table("rr_inp").store_chunk(df)
+    result = run_steps(ds, side["steps"], executor=RayExecutor())
+    step = result[side["steps"][0].name]
+    assert not result.ok and (step.failed_batches, step.failed_keys) == (1, 4)
+    error = step.errors[0]
+    assert error.message == "ValueError: bad value in batch"
+    assert sorted(error.keys["id"]) == [8, 9, 10, 11]
+    assert "in exclaim" in error.user_traceback and "ray_pipelines.py" in error.user_traceback

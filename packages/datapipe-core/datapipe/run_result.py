@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 MAX_ERRORS = 5  # errors kept per step; the count of failed keys is always exact
 MAX_KEYS = 5  # failing keys kept per error
+MAX_FRAMES = 8  # frames of the user's code shown without --debug
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -58,7 +59,11 @@ def user_frames(error: BaseException) -> str:
     if not own:
         return ""
     first = list(frames).index(own[0])
-    return "".join(traceback.format_list(list(frames)[first:]))
+    lines = traceback.format_list(list(frames)[first:])
+    if len(lines) > MAX_FRAMES:  # keep the user's function and where it finally raised
+        skipped = len(lines) - MAX_FRAMES + 1
+        lines = lines[:2] + [f"  ... {skipped} frame(s) ...\n"] + lines[-(MAX_FRAMES - 3) :]
+    return "".join(lines)
 
 
 @dataclass
