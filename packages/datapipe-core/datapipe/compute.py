@@ -137,7 +137,13 @@ class StepStatus:
 
 
 class ComputeStep:
-    """A runnable step bound to a ``DataStore``. Subclasses implement ``run_full``."""
+    """A runnable step bound to a ``DataStore``, as ``build_compute`` returns them.
+
+    ``run_steps`` calls ``run_full`` on each; the CLI selects steps by ``name`` and ``labels``.
+    Batch steps (``BatchTransform`` and friends) also have ``meta`` (their per-key state) and
+    ``transform_keys``. Subclasses implement ``run_full``, and ``run_changelist``/``run_idx``
+    when they can run for given keys.
+    """
 
     def __init__(
         self,

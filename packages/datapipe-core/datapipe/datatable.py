@@ -27,7 +27,27 @@ fault_hook: Optional[Callable[[str, DataTable], None]] = None
 
 
 class DataTable:
-    """One table: its store, its metadata, and the write path that keeps the two in step."""
+    """One table: its store, its metadata, and the write path that keeps the two in step.
+
+    Get it from the data store (``ds.get_table("users")``) once the pipeline is built. Write
+    source tables through it (``store_chunk``, ``delete_by_idx``) rather than to the store
+    directly: only writes recorded in the metadata are seen by the steps.
+
+    Attributes:
+        name: the table's name (its metadata table is ``<name>_meta``).
+        primary_keys: the key column names.
+        table_store: the ``TableStore`` holding the rows.
+        meta: the table's metadata (``datapipe.meta.sql_meta.TableMeta``).
+
+    Example:
+        ```python
+        users = ds.get_table("users")
+        users.store_chunk(pd.DataFrame({"user_id": [1], "name": ["Ann"]}))
+        users.delete_by_idx(pd.DataFrame({"user_id": [1]}))
+        users.get_data()          # every live row
+        users.get_size()          # from the metadata, without reading the store
+        ```
+    """
 
     def __init__(self, name: str, meta_dbconn: DBConn, meta: TableMeta, table_store: TableStore) -> None:
         self.name = name

@@ -161,13 +161,30 @@ def get_table_store_class(kind: str) -> Any:
 def create_table_store(kind: str, **params: Any) -> Any:
     """Instantiate the store registered as ``kind`` with ``params``.
 
-    Raises ``PluginError`` naming the installed kinds and the package to install.
+    Args:
+        kind: a registered store kind: ``sql``, ``filedir``, ``jsonline``, ``excel`` from the
+            core, ``redis``, ``qdrant``, ``milvus``, ``elastic`` from their packages, or any
+            kind a plugin registers (``datapipe plugins list`` shows them).
+        **params: the store class's constructor arguments.
+
+    Raises:
+        PluginError: unknown kind (the message names the installed kinds and the package to
+            install), or the plugin providing it failed to import.
+
+    Example:
+        ```python
+        store = create_table_store("qdrant", name="docs", url=":memory:", ...)
+        ```
     """
     return get_table_store_class(kind)(**params)
 
 
 def get_executor(name: str, **params: Any) -> Any:
-    """Instantiate the executor registered as ``name`` (e.g. ``"single_thread"``, ``"ray"``)."""
+    """Instantiate the executor registered as ``name`` (e.g. ``"single_thread"``, ``"ray"``).
+
+    Raises:
+        PluginError: unknown executor, or its package is not installed (names what to install).
+    """
     return registry.resolve("executor", name, registry.executor_kinds())(**params)
 
 

@@ -82,7 +82,16 @@ class _FsspecSingleFile(TableDataSingleFileStore):
 
 
 class TableStoreJsonLine(_FsspecSingleFile):
-    """A table in one JSON-lines file (one JSON object per row)."""
+    """A table in one JSON-lines file (one JSON object per row).
+
+    The whole file is read and rewritten on each access, so it suits small tables, such as a
+    catalogue edited by hand and scanned by ``UpdateExternalTable`` (the quickstart).
+
+    Args:
+        filename: a local path or an fsspec URL; a missing file is an empty table.
+        primary_schema: the key ``Column``s (``primary_key=True``); the other fields of each
+            object are the data columns.
+    """
 
     def load_file(self) -> Optional[pd.DataFrame]:
         content = self._read_bytes()
