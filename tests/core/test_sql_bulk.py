@@ -1,4 +1,4 @@
-"""The bulk write and key-filter fast paths (``datapipe.store.sql_bulk``) on SQLite and PostgreSQL.
+"""The bulk write and key-filter fast paths (``datapipe.sql.bulk``) on SQLite and PostgreSQL.
 
 Values must round-trip exactly whichever path a frame takes (driver executemany, PostgreSQL
 ``unnest`` of array literals) and key filters must select the same rows as a plain ``IN``.
@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, select
 
-from datapipe.store.database import DBConn, key_filter
-from datapipe.store.sql_bulk import UNNEST_MIN_ROWS, bulk_upsert
+from datapipe.sql.bulk import UNNEST_MIN_ROWS, bulk_upsert
+from datapipe.sql.connection import DBConn
+from datapipe.sql.rows import key_filter
 
 AWKWARD = ['a"b', "c\\d", "NULL", "", "x,y", "{z}", "ü'", None, " lead", "tab\tnew\nline"]
 

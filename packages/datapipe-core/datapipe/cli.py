@@ -584,7 +584,8 @@ def db() -> None:
 @click.pass_obj
 def db_create_all(obj: CliContext) -> None:
     """Create every metadata and SQL data table of the pipeline (existing tables are kept)."""
-    from datapipe.store.database import DBConn, mask_url
+    from datapipe.errors import mask_url
+    from datapipe.sql.connection import DBConn
 
     app = obj.app
     conns: List[DBConn] = [app.ds.meta_dbconn]
@@ -605,9 +606,9 @@ def db_create_all(obj: CliContext) -> None:
 def db_upgrade(obj: CliContext) -> None:
     """Upgrade a metadata database written by an earlier Datapipe to change versions, keeping what
     every step has processed (keys pending before the upgrade stay pending)."""
+    from datapipe.errors import mask_url
     from datapipe.meta.upgrade import upgrade_metadata
     from datapipe.step.batch_transform import BaseBatchTransformStep
-    from datapipe.store.database import mask_url
 
     app = obj.app
     tables = [app.ds.get_table(name).meta for name in app.ds.tables]

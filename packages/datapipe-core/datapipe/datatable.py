@@ -9,10 +9,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from datapipe.meta import keyset
+from datapipe import keyset
 from datapipe.meta.sql_meta import TableMeta
 from datapipe.run_config import RunConfig
-from datapipe.store.database import DBConn
+from datapipe.sql.connection import DBConn
 from datapipe.store.table_store import TableStore
 from datapipe.types import DataDF, IndexDF, MetadataDF
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 import pluggy
 
 from datapipe import hookspecs
+from datapipe.errors import PluginError
 from datapipe.hookspecs import Factory
 
 logger = logging.getLogger("datapipe.plugins")
@@ -35,10 +36,6 @@ KNOWN_PROVIDERS: Dict[str, str] = {
     "ray": "datapipe-core[ray]",
     "excel": "datapipe-core[excel]",
 }
-
-
-class PluginError(LookupError):
-    """An unknown store kind or executor, or a plugin that failed to load."""
 
 
 @dataclass

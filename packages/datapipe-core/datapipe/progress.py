@@ -1,7 +1,7 @@
-"""Progress display and run statistics, as ``RunCallback`` listeners.
+"""Progress display, as a ``RunCallback`` listener.
 
-``RunStats`` only counts (per step: batches, rows, changed, deleted, failed batches, seconds).
-``RichProgress`` adds a ``rich`` progress bar per step while a run is going, shown only when the
+``RunStats`` (``datapipe.run_stats``) only counts (per step: batches, rows, changed, deleted, failed
+batches, seconds). ``RichProgress`` adds a ``rich`` progress bar per step while a run is going, shown only when the
 console is a terminal, and prints a summary table when the run ends::
 
     from datapipe.progress import RichProgress
@@ -12,9 +12,7 @@ Library users get the same display as the ``datapipe`` command line.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from rich import box
 from rich.console import Console
@@ -29,83 +27,10 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-from datapipe.run_callback import RunCallback
+from datapipe.run_callback import StepLike
+from datapipe.run_stats import RunStats, StepStats
 
-if TYPE_CHECKING:
-    from datapipe.compute import ComputeStep
-
-
-@dataclass
-class StepStats:
-    """What one step did in one run."""
-
-    name: str
-    total_batches: int = 0
-    batches: int = 0
-    rows: int = 0
-    changed: int = 0
-    deleted: int = 0
-    failed: int = 0
-    started: float = field(default_factory=time.monotonic)
-    finished: Optional[float] = None
-    errors: List[str] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished if self.finished is not None else time.monotonic()) - self.started
-
-    @property
-    def rate(self) -> float:
-        """Rows per second so far."""
-        elapsed = self.seconds
-        return self.rows / elapsed if elapsed > 0 else 0.0
-
-
-class RunStats(RunCallback):
-    """Collects ``StepStats`` per step of the current run (reset by ``on_run_start``)."""
-
-    def __init__(self) -> None:
-        self.steps: Dict[str, StepStats] = {}
-        self.error: Optional[BaseException] = None
-
-    def _stats(self, step: ComputeStep) -> StepStats:
-        if step.name not in self.steps:
-            self.steps[step.name] = StepStats(step.name)
-        return self.steps[step.name]
-
-    @property
-    def failed_steps(self) -> List[StepStats]:
-        return [s for s in self.steps.values() if s.failed]
-
-    def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
-        self.steps = {}
-        self.error = None
-
-    def on_step_start(self, step: ComputeStep, total: int = 0) -> None:
-        self.steps[step.name] = StepStats(step.name, total_batches=total)
-
-    def on_step_progress(self, step: ComputeStep, completed: int, total: int, **stats: Any) -> None:
-        s = self._stats(step)
-        s.batches = completed
-        s.total_batches = max(total, s.total_batches)
-        s.rows += int(stats.get("rows", 0))
-        s.changed += int(stats.get("changed", 0))
-        s.deleted += int(stats.get("deleted", 0))
-
-    def on_step_error(self, step: ComputeStep, error: BaseException) -> None:
-        s = self._stats(step)
-        s.failed += 1
-        if len(s.errors) < 5:
-            s.errors.append(f"{type(error).__name__}: {error}")
-
-    def on_step_success(self, step: ComputeStep) -> None:
-        self._stats(step).finished = time.monotonic()
-
-    def on_run_error(self, error: BaseException) -> None:
-        self.error = error
-        for s in self.steps.values():
-            if s.finished is None:
-                s.finished = time.monotonic()
+__all__ = ["RichProgress", "RunStats", "StepStats", "summary_table"]  # RunStats, StepStats: re-exported
 
 
 def summary_table(stats: Sequence[StepStats]) -> RichTable:
@@ -156,21 +81,21 @@ class RichProgress(RunStats):
             transient=False,
         )
 
-    def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
+    def on_run_start(self, steps: Sequence[StepLike]) -> None:
         super().on_run_start(steps)
         self._tasks = {}
         if self.show_progress:
             self._progress = self._make_progress()
             self._progress.start()
 
-    def on_step_start(self, step: ComputeStep, total: int = 0) -> None:
+    def on_step_start(self, step: StepLike, total: int = 0) -> None:
         super().on_step_start(step, total)
         if self._progress is not None:
             self._tasks[step.name] = self._progress.add_task(
                 step.name, total=total or None, rows=0, rate=0.0, failed=0
             )
 
-    def _refresh(self, step: ComputeStep, **extra: Any) -> None:
+    def _refresh(self, step: StepLike, **extra: Any) -> None:
         if self._progress is None or step.name not in self._tasks:
             return
         s = self.steps[step.name]
@@ -184,15 +109,15 @@ class RichProgress(RunStats):
             **extra,
         )
 
-    def on_step_progress(self, step: ComputeStep, completed: int, total: int, **stats: Any) -> None:
+    def on_step_progress(self, step: StepLike, completed: int, total: int, **stats: Any) -> None:
         super().on_step_progress(step, completed, total, **stats)
         self._refresh(step)
 
-    def on_step_error(self, step: ComputeStep, error: BaseException) -> None:
+    def on_step_error(self, step: StepLike, error: BaseException) -> None:
         super().on_step_error(step, error)
         self._refresh(step)
 
-    def on_step_success(self, step: ComputeStep) -> None:
+    def on_step_success(self, step: StepLike) -> None:
         super().on_step_success(step)
         s = self.steps[step.name]
         if not s.total_batches:

@@ -22,16 +22,13 @@ import dataclasses
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from datapipe.progress import RunStats
-from datapipe.run_callback import CompositeRunCallback, RunCallback
+from datapipe.run_callback import CompositeRunCallback, RunCallback, StepLike
 from datapipe.run_config import RunConfig
-
-if TYPE_CHECKING:
-    from datapipe.compute import ComputeStep
+from datapipe.run_stats import RunStats
 
 MAX_ERRORS = 5  # errors kept per step; the count of failed keys is always exact
 MAX_KEYS = 5  # failing keys kept per error
@@ -67,7 +64,7 @@ def user_frames(error: BaseException) -> str:
 
 
 @dataclass
-class StepError:
+class StepFailure:
     """One failed batch: the exception text, some of the batch's keys, and tracebacks."""
 
     message: str
@@ -77,7 +74,7 @@ class StepError:
     user_traceback: str = ""
 
     @classmethod
-    def from_exception(cls, error: BaseException) -> StepError:
+    def from_exception(cls, error: BaseException) -> StepFailure:
         keys = getattr(error, "datapipe_keys", None)
         full = getattr(error, "datapipe_traceback", "") or "".join(traceback.format_exception(error))
         return cls(
@@ -116,7 +113,7 @@ class StepResult:
     failed_batches: int = 0
     failed_keys: int = 0
     seconds: float = 0.0
-    errors: List[StepError] = field(default_factory=list)
+    errors: List[StepFailure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -180,18 +177,18 @@ class RunResultCollector(RunStats):
     def __init__(self) -> None:
         super().__init__()
         self.order: List[str] = []
-        self.step_errors: Dict[str, List[StepError]] = {}
+        self.step_errors: Dict[str, List[StepFailure]] = {}
         self.failed_keys: Dict[str, int] = {}
 
-    def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
+    def on_run_start(self, steps: Sequence[StepLike]) -> None:
         super().on_run_start(steps)
         self.order = [s.name for s in steps]
         self.step_errors = {}
         self.failed_keys = {}
 
-    def on_step_error(self, step: ComputeStep, error: BaseException) -> None:
+    def on_step_error(self, step: StepLike, error: BaseException) -> None:
         super().on_step_error(step, error)
-        found = StepError.from_exception(error)
+        found = StepFailure.from_exception(error)
         self.failed_keys[step.name] = self.failed_keys.get(step.name, 0) + found.key_count
         errors = self.step_errors.setdefault(step.name, [])
         if len(errors) < MAX_ERRORS:

@@ -58,7 +58,7 @@ def postgres_url(postgres_server_url: str) -> str:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def dbconn(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[object]:
-    from datapipe.store.database import DBConn
+    from datapipe.sql.connection import DBConn
 
     if request.param == "sqlite":
         conn = DBConn(f"sqlite:///{tmp_path}/db.sqlite")

@@ -14,12 +14,9 @@ OpenTelemetry's non-recording no-ops.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from datapipe.run_callback import RunCallback
-
-if TYPE_CHECKING:
-    from datapipe.compute import ComputeStep
+from datapipe.run_callback import RunCallback, StepLike
 
 try:  # pragma: no branch
     from opentelemetry import trace
@@ -47,13 +44,13 @@ class OtelRunCallback(RunCallback):
     def _context(self, span: Optional[Any]) -> Any:
         return trace.set_span_in_context(span) if span is not None else None
 
-    def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
+    def on_run_start(self, steps: Sequence[StepLike]) -> None:
         self._run = self.tracer.start_span(
             "datapipe.run", attributes={"datapipe.steps": [s.name for s in steps]}
         )
         self._steps = {}
 
-    def on_step_start(self, step: ComputeStep, total: int = 0) -> None:
+    def on_step_start(self, step: StepLike, total: int = 0) -> None:
         self._steps[step.name] = self.tracer.start_span(
             "datapipe.step",
             context=self._context(self._run),
@@ -61,7 +58,7 @@ class OtelRunCallback(RunCallback):
         )
         self._last[step.name] = time.time_ns()
 
-    def on_step_progress(self, step: ComputeStep, completed: int, total: int, **stats: Any) -> None:
+    def on_step_progress(self, step: StepLike, completed: int, total: int, **stats: Any) -> None:
         parent = self._steps.get(step.name)
         now = time.time_ns()
         attributes = {"datapipe.step": step.name, "datapipe.batch": completed}
@@ -75,12 +72,12 @@ class OtelRunCallback(RunCallback):
         span.end(end_time=now)
         self._last[step.name] = now
 
-    def on_step_error(self, step: ComputeStep, error: BaseException) -> None:
+    def on_step_error(self, step: StepLike, error: BaseException) -> None:
         span = self._steps.get(step.name)
         if span is not None:
             span.record_exception(error)
 
-    def on_step_success(self, step: ComputeStep) -> None:
+    def on_step_success(self, step: StepLike) -> None:
         span = self._steps.pop(step.name, None)
         if span is not None:
             span.end()

@@ -7,13 +7,10 @@ a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Tuple, TypeAlias, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, TypeAlias, Union
 
 import pandas as pd
 from sqlalchemy import Column
-
-if TYPE_CHECKING:
-    from datapipe.compute import Table
 
 DataSchema = List[Column]
 MetaSchema = List[Column]
@@ -27,8 +24,8 @@ HashDF: TypeAlias = pd.DataFrame
 Labels = List[Tuple[str, str]]
 TransformResult = Union[pd.DataFrame, List[pd.DataFrame], Tuple[pd.DataFrame, ...]]
 
-# A step input/output may be a catalog name, a ``Table``, or an SQLAlchemy ORM class.
-TableOrName = Union[str, "Table", Any]
+# A step input/output may be a catalog name, a ``datapipe.compute.Table``, or an SQLAlchemy ORM class.
+TableOrName = Union[str, Any]
 
 
 @dataclass

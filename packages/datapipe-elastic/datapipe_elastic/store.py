@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 import pandas as pd
 from sqlalchemy import Column
 
+from datapipe.errors import mask_url
 from datapipe.run_config import RunConfig
-from datapipe.store.database import mask_url
 from datapipe.store.json_codec import decode_frame, dumps, empty_frame, encode_column
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from pymilvus import MilvusClient
 
-from datapipe.store.database import mask_url
+from datapipe.errors import mask_url
 
 _lock = threading.Lock()
 _clients: Dict[Tuple[Any, ...], MilvusClient] = {}

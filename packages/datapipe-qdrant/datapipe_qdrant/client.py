@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 from qdrant_client import QdrantClient
 
-from datapipe.store.database import mask_url
+from datapipe.errors import mask_url
 
 MEMORY = ":memory:"
 

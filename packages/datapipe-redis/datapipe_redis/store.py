@@ -21,8 +21,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import pandas as pd
 from sqlalchemy import Column
 
+from datapipe.errors import mask_url
 from datapipe.run_config import RunConfig
-from datapipe.store.database import mask_url
 from datapipe.store.json_codec import (
     decode_frame,
     empty_frame,

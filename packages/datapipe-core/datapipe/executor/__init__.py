@@ -12,11 +12,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional
 
+from datapipe.run_callback import StepLike
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, IndexDF
 
 if TYPE_CHECKING:
-    from datapipe.compute import ComputeStep
     from datapipe.datatable import DataStore
 
 ProcessFn = Callable[["DataStore", IndexDF, Optional[RunConfig]], ChangeList]
@@ -55,7 +55,7 @@ class Executor(ABC):
     @abstractmethod
     def run_process_batch(
         self,
-        step: ComputeStep,
+        step: StepLike,
         ds: DataStore,
         idx_count: int,
         idx_gen: Iterable[IndexDF],
@@ -78,7 +78,7 @@ class SingleThreadExecutor(Executor):
 
     def run_process_batch(
         self,
-        step: ComputeStep,
+        step: StepLike,
         ds: DataStore,
         idx_count: int,
         idx_gen: Iterable[IndexDF],

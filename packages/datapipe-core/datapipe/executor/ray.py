@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 import cloudpickle
 
 from datapipe.executor import Executor, ExecutorConfig, ProcessFn, batch_stats
-from datapipe.run_callback import RunCallback
+from datapipe.run_callback import RunCallback, StepLike
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, IndexDF
 
@@ -38,7 +38,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("RayExecutor needs Ray: pip install 'datapipe-core[ray]'") from e
 
 if TYPE_CHECKING:
-    from datapipe.compute import ComputeStep
     from datapipe.datatable import DataStore
 
 logger = logging.getLogger("datapipe.executor.ray")
@@ -132,7 +131,7 @@ class RayExecutor(Executor):
 
     def run_process_batch(
         self,
-        step: ComputeStep,
+        step: StepLike,
         ds: DataStore,
         idx_count: int,
         idx_gen: Iterable[IndexDF],

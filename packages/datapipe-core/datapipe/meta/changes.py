@@ -20,7 +20,7 @@ from sqlalchemy.sql import Select
 
 from datapipe.meta.sql_meta import TableMeta, TransformMeta, filter_clause
 from datapipe.meta.versions import Snapshot, not_seen, unseen_rows
-from datapipe.store.database import key_chunks, key_filter, rows_to_df
+from datapipe.sql.rows import key_chunks, key_filter, rows_to_df
 
 
 @dataclass

@@ -39,11 +39,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from datapipe.store.database import mask_url
-from datapipe.store.table_store import StoreError
+from datapipe.errors import StoreError, mask_url
 
 if TYPE_CHECKING:
-    from datapipe.store.database import DBConn
+    from datapipe.sql.connection import DBConn
 
 logger = logging.getLogger("datapipe.meta.locks")
 

@@ -59,21 +59,21 @@ from sqlalchemy import (
     update,
 )
 
-from datapipe.meta import keyset
+from datapipe import keyset
+from datapipe.errors import mask_url
 from datapipe.meta.versions import Snapshot, declare_counter, unseen_rows, write_version
-from datapipe.store.database import (
+from datapipe.sql.bulk import bulk_upsert_values, value_kind
+from datapipe.sql.connection import DBConn
+from datapipe.sql.rows import (
     MAX_PARAMS,
-    DBConn,
     fetch_rows,
     insert_statement,
     key_chunks,
     key_filter,
-    mask_url,
     python_values,
     rows_to_df,
     upsert_statement,
 )
-from datapipe.store.sql_bulk import bulk_upsert_values, value_kind
 from datapipe.types import DataSchema, IndexDF, MetadataDF, MetaSchema
 
 TABLE_META_COLUMNS = ["hash", "create_ts", "update_ts", "process_ts", "delete_ts"]

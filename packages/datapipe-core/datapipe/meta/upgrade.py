@@ -31,7 +31,8 @@ from sqlalchemy.engine import Connection
 from datapipe.meta.changes import ChangeQuery
 from datapipe.meta.sql_meta import WATERMARKS_TABLE, TableMeta, TransformMeta, Watermarks
 from datapipe.meta.versions import VERSION_TABLE, declare_counter
-from datapipe.store.database import DBConn, key_chunks, key_filter
+from datapipe.sql.connection import DBConn
+from datapipe.sql.rows import key_chunks, key_filter
 
 logger = logging.getLogger("datapipe.meta.upgrade")
 

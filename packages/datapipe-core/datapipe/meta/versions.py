@@ -44,7 +44,7 @@ from typing import Any, Optional, Tuple
 from sqlalchemy import BigInteger, Column, Integer, String, and_, cast, literal, or_
 from sqlalchemy.engine import Connection
 
-from datapipe.store.database import DBConn, is_offline
+from datapipe.sql.connection import DBConn, is_offline
 
 VERSION_TABLE = "datapipe_version"
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 import pandas as pd
 from sqlalchemy import Column
 
+from datapipe import keyset
 from datapipe.compute import (
     Catalog,
     ComputeInput,
@@ -40,14 +41,13 @@ from datapipe.compute import (
 )
 from datapipe.datatable import DataStore
 from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
-from datapipe.meta import keyset
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig
 from datapipe.run_result import attach_failure
-from datapipe.store.sql_checks import BASIC, python_type
+from datapipe.sql.schema import BASIC, python_type
 from datapipe.store.table_store import StoreError
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
 

@@ -397,7 +397,7 @@ class TableStoreFiledir(TableStore):
             yield self._load(listing.iloc[start : start + chunksize])
 
     def hash_rows(self, df: DataDF) -> pd.Series:
-        from datapipe.meta.hashing import hash_rows
+        from datapipe.hashing import hash_rows
 
         cols = [c for c in self.adapter.data_columns() if c in df.columns]
         if cols:

@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Union
 import pandas as pd
 from sqlalchemy import Column, String
 
+from datapipe.errors import StoreError
 from datapipe.run_config import RunConfig
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema, data_to_index, index_to_data
 
+__all__ = ["StoreError", "TableDataSingleFileStore", "TableStore", "TableStoreCaps"]  # StoreError: re-exported
+
 if TYPE_CHECKING:
-    from datapipe.store.database import DBConn
+    from datapipe.sql.connection import DBConn
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,6 @@ class TableStoreCaps:
     supports_read_all_rows: bool = True
     supports_read_nonexistent_rows: bool = True
     supports_read_meta_pseudo_df: bool = True
-
-
-class StoreError(RuntimeError):
-    """A backend failed (server down, auth, missing index). The message names store, table and address."""
 
 
 class TableStore(ABC):
@@ -115,7 +114,7 @@ class TableStore(ABC):
 
     def hash_rows(self, df: DataDF) -> pd.Series:
         """Return a stable int64 hash per row of ``df``, used to detect changed content."""
-        from datapipe.meta.hashing import hash_rows
+        from datapipe.hashing import hash_rows
 
         return hash_rows(df, self.primary_keys)
 

@@ -33,7 +33,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from datapipe.store.table_store import StoreError
+from datapipe.errors import StoreError
 
 # Frames at least this long are sent as arrays on PostgreSQL (psycopg 3); smaller ones use executemany.
 UNNEST_MIN_ROWS = 20

@@ -14,8 +14,46 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Column, inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import SchemaItem
 
 BASIC = (int, float, str)  # types compared between a declared and an existing table
+
+
+class MetaKey(SchemaItem):
+    """Marks a non-key column to be copied into the table's metadata table, for joins.
+
+    A step whose transform key is a plain column of an input (``orders`` keyed by ``order_id``
+    with a ``user_id`` column, in a per-user step) can map a changed row of that input to its
+    key only if the column is in the metadata. Without ``MetaKey`` every change to the input
+    reprocesses every key of the step, and ``build_compute`` logs a warning.
+
+    Example:
+        ```python
+        TableStoreDB(dbconn, "orders", [
+            Column("order_id", Integer, primary_key=True),
+            Column("user_id", Integer, MetaKey()),   # orders_meta gets a user_id column
+            Column("amount", Integer),
+        ])
+        ```
+    """
+
+    __visit_name__ = "meta_key"
+
+    def __init__(self, target_name: Optional[str] = None) -> None:
+        self.target_name = target_name
+
+    def _set_parent(self, parent: Any, **kw: Any) -> None:  # noqa: D401 - SQLAlchemy hook
+        self.parent = parent
+        parent.meta_key = self
+
+
+def copy_column(col: Column) -> Column:
+    """A copy of ``col`` not bound to any table, keeping its ``MetaKey`` mark."""
+    new = col._copy()
+    if hasattr(col, "meta_key"):
+        new.meta_key = col.meta_key  # type: ignore[attr-defined]
+    return new
+
 
 
 def python_type(sql_type: Any) -> Optional[type]:

@@ -1,0 +1,289 @@
+"""Connections to the metadata (and SQL data) database: ``DBConn`` and the shared transaction.
+
+Inside ``with dbconn.transaction():`` every metadata write and every ``TableStoreDB`` write on the
+same database (any ``DBConn`` with the same URL, in this thread or task) goes through one connection
+and commits or rolls back together: that is how a batch's data, output metadata and step state
+become durable at once. Outside it, ``begin()`` opens a short transaction per call and ``read()``
+an autocommit connection on PostgreSQL (one snapshot per statement, no BEGIN/COMMIT round trips).
+
+Connection failures become ``StoreError`` with the URL's password masked. PostgreSQL pools check a
+connection's socket locally at checkout instead of ``pool_pre_ping``'s round trip.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import select as io_select
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError, OperationalError
+
+from datapipe.errors import StoreError, mask_url
+from datapipe.sql.schema import check_existing_table, copy_column
+
+URL_EXAMPLES = "e.g. sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
+
+
+def _normalise_url(connstr: str) -> str:
+    """Pick an installed PostgreSQL driver for plain ``postgresql://`` URLs; ``ValueError`` if unparsable."""
+    try:
+        url = make_url(connstr)
+    except ArgumentError:
+        raise ValueError(f"database URL {mask_url(connstr)!r} is not a valid URL ({URL_EXAMPLES})") from None
+    if url.drivername in ("postgresql", "postgres"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            url = url.set(drivername="postgresql+psycopg")
+        else:
+            url = url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def _create_engine(connstr: str, url: str, kwargs: Dict[str, Any]) -> Engine:
+    """``create_engine`` with one-line errors for an unknown database kind or a missing driver."""
+    try:
+        return create_engine(url, **kwargs)
+    except NoSuchModuleError:
+        kind = make_url(url).drivername
+        raise ValueError(
+            f"database URL {mask_url(connstr)!r}: unknown database kind {kind!r} ({URL_EXAMPLES})"
+        ) from None
+    except ModuleNotFoundError as e:
+        hint = " (pip install 'datapipe-core[postgres]')" if url.startswith("postgres") else ""
+        raise ImportError(
+            f"database URL {mask_url(connstr)!r} needs the driver module {e.name!r}, which is not installed{hint}"
+        ) from None
+
+
+_OFFLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("datapipe_offline", default=False)
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """Declare tables without connecting to any database (used by ``datapipe graph``).
+
+    Inside the block ``DBConn.get_table`` neither checks nor creates tables, so a pipeline can be
+    loaded to inspect its shape while its databases are unreachable. Nothing may be read or written.
+    """
+    token = _OFFLINE.set(True)
+    try:
+        yield
+    finally:
+        _OFFLINE.reset(token)
+
+
+def is_offline() -> bool:
+    return _OFFLINE.get()
+
+
+def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
+    cur = dbapi_con.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _peer_hung_up(dbapi_con: Any) -> bool:
+    """True when an idle connection's socket has something to read: the server closed it or said goodbye.
+
+    A pooled connection between transactions has consumed every reply, so pending input means the
+    server ended the session (shutdown, restart, terminated backend: a final error message and/or
+    EOF). A local, non-blocking check; a failure to check counts as a hang-up.
+    """
+    if getattr(dbapi_con, "closed", False) or getattr(dbapi_con, "broken", False):
+        return True
+    try:
+        readable, _, _ = io_select.select([dbapi_con.fileno()], [], [], 0)
+    except Exception:  # noqa: BLE001 - unknown state: reconnect
+        return True
+    return bool(readable)
+
+
+def _drop_dead_connection(dbapi_con: Any, _record: Any, _proxy: Any) -> None:
+    """Pool ``checkout`` hook replacing ``pool_pre_ping`` for PostgreSQL without its round trip per checkout.
+
+    Raising ``DisconnectionError`` makes the pool discard the connection and check out a fresh one, so a
+    server restart between two transactions is survived like with pre-ping.
+    """
+    if _peer_hung_up(dbapi_con):
+        raise DisconnectionError("the server closed the connection")
+
+
+# The connection of the transaction opened by ``DBConn.transaction()`` in this context, by URL:
+# every DBConn of the same database joins it (two connections would deadlock on SQLite).
+_ACTIVE_TX: contextvars.ContextVar[Optional[Dict[str, Connection]]] = contextvars.ContextVar(
+    "datapipe_active_tx", default=None
+)
+
+
+class DBConn:
+    """A database the metadata (and optionally data) lives in.
+
+    Args:
+        connstr: an SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user:pw@host/db``
+            (needs ``pip install 'datapipe-core[postgres]'``). Printed and logged only with the
+            password masked.
+        schema: put every table in this PostgreSQL schema.
+        create_engine_kwargs: passed to SQLAlchemy's ``create_engine`` (pool, ``connect_args``).
+        sqla_metadata: an SQLAlchemy ``MetaData`` to declare tables in (default: a new one).
+
+    Raises:
+        ValueError: an unparsable URL or an unknown database kind (one line, password masked).
+        ImportError: the database driver is not installed (names the extra to install).
+
+    Connecting is lazy: an unreachable server is reported when a table is first used, as a
+    ``StoreError`` naming the (masked) URL.
+    """
+
+    def __init__(
+        self,
+        connstr: str,
+        schema: Optional[str] = None,
+        create_engine_kwargs: Optional[Dict[str, Any]] = None,
+        sqla_metadata: Optional[MetaData] = None,
+    ) -> None:
+        self._init(connstr, schema, create_engine_kwargs or {}, sqla_metadata)
+
+    def _init(
+        self,
+        connstr: str,
+        schema: Optional[str],
+        create_engine_kwargs: Dict[str, Any],
+        sqla_metadata: Optional[MetaData],
+    ) -> None:
+        self.connstr = connstr
+        self.schema = schema
+        self.create_engine_kwargs = create_engine_kwargs
+        self.sqla_metadata = sqla_metadata if sqla_metadata is not None else MetaData(schema=schema)
+        url = _normalise_url(connstr)
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs = dict(create_engine_kwargs)
+        if self.is_sqlite:
+            kwargs.setdefault("connect_args", {"timeout": 60})
+        self.con: Engine = _create_engine(connstr, url, kwargs)
+        if self.is_sqlite:
+            event.listen(self.con, "connect", _sqlite_pragmas)
+        elif "pool_pre_ping" not in kwargs:
+            event.listen(self.con, "checkout", _drop_dead_connection)
+
+    @property
+    def supports_returning(self) -> bool:
+        return not self.is_sqlite
+
+    def __repr__(self) -> str:
+        return f"DBConn({mask_url(self.connstr)!r})"
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"connstr": self.connstr, "schema": self.schema, "create_engine_kwargs": self.create_engine_kwargs}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._init(state["connstr"], state["schema"], state["create_engine_kwargs"], None)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction: the shared one when inside ``transaction()``, else a new one."""
+        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
+        if active is not None:
+            yield active
+            return
+        try:
+            with self.con.begin() as con:
+                yield con
+        except OperationalError as e:
+            raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads: the shared one when inside ``transaction()``, else like ``begin()``.
+
+        On PostgreSQL (unless ``create_engine_kwargs`` sets an ``isolation_level``) the connection is in
+        autocommit mode: each statement still reads one consistent snapshot of committed data, exactly as
+        under the default READ COMMITTED, without the BEGIN and COMMIT round trips of a transaction.
+        """
+        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
+        if active is not None:
+            yield active
+            return
+        if self.is_sqlite or "isolation_level" in self.create_engine_kwargs:
+            with self.begin() as con:
+                yield con
+            return
+        try:
+            with self.con.connect() as con:
+                yield con.execution_options(isolation_level="AUTOCOMMIT")
+        except OperationalError as e:
+            raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """Run the block in one transaction shared by every write on this ``DBConn``."""
+        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
+        if active is not None:
+            yield active
+            return
+        with self.begin() as con:
+            token = _ACTIVE_TX.set({**(_ACTIVE_TX.get() or {}), self.connstr: con})
+            try:
+                yield con
+            finally:
+                _ACTIVE_TX.reset(token)
+
+    def get_table(
+        self,
+        name: str,
+        columns: Sequence[Column],
+        create: bool,
+        indexes: Sequence[Any] = (),
+        optional: Sequence[str] = (),
+    ) -> Table:
+        """The SQLAlchemy ``Table`` called ``name`` with ``columns`` (copied), created if ``create``.
+
+        An existing table must match the declaration, except that the ``optional`` columns may be missing.
+        """
+        if name in self.sqla_metadata.tables or (
+            self.schema and f"{self.schema}.{name}" in self.sqla_metadata.tables
+        ):
+            key = name if name in self.sqla_metadata.tables else f"{self.schema}.{name}"
+            table = self.sqla_metadata.tables[key]
+        else:
+            table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes)
+            if is_offline():
+                return table
+            with self.begin() as con:  # a table created by an earlier run must still match its declaration
+                where = f"table {name!r} in {mask_url(self.connstr)}"
+                check_existing_table(con, where, name, self.schema, [c for c in columns if c.name not in optional])
+        if create and not is_offline():
+            self._create_table(table)
+        return table
+
+    def _create_table(self, table: Table) -> None:
+        """``CREATE TABLE`` unless it exists; tolerates another process creating it at the same moment."""
+        try:
+            with self.begin() as con:
+                table.create(con, checkfirst=True)
+        except (StoreError, DBAPIError):
+            # Two runners starting together both see "no such table" and both create it; the
+            # loser fails ("already exists", or a unique violation in PostgreSQL's catalog).
+            if not self.has_table(str(table.name)):
+                raise
+
+    def missing_columns(self, name: str, columns: Sequence[str]) -> List[str]:
+        """Those of ``columns`` an existing table ``name`` lacks ([] when the table does not exist)."""
+        if not columns or is_offline():
+            return []
+        with self.begin() as con:
+            insp = inspect(con)
+            if not insp.has_table(name, schema=self.schema):
+                return []
+            actual = {str(c["name"]) for c in insp.get_columns(name, schema=self.schema)}
+        return [c for c in columns if c not in actual]
+
+    def has_table(self, name: str) -> bool:
+        with self.begin() as con:
+            return inspect(con).has_table(name, schema=self.schema)
+
+

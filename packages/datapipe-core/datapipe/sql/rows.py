@@ -1,0 +1,82 @@
+"""Rows and keys between pandas and SQL: key filters, driver-ready values, result frames, upserts."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, List, Sequence
+
+import pandas as pd
+from sqlalchemy import Table
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from datapipe.errors import StoreError
+from datapipe.sql.bulk import key_in, key_tuple_in
+
+# Bound parameters per statement; SQLite allows 32766, PostgreSQL 65535.
+MAX_PARAMS = 16000
+
+
+def python_values(series: pd.Series) -> List[Any]:
+    """Values of ``series`` as plain Python objects with NaN/NaT/NA as None (drivers want these)."""
+    if series.dtype.kind in "iub":
+        return series.tolist()
+    return series.astype(object).where(series.notna(), None).tolist()
+
+
+def key_chunks(idx: pd.DataFrame, max_params: int = MAX_PARAMS) -> Iterator[pd.DataFrame]:
+    """Slices of ``idx`` small enough to bind as an ``IN`` list."""
+    step = max(1, max_params // max(1, len(idx.columns)))
+    for start in range(0, len(idx), step):
+        yield idx.iloc[start : start + step]
+
+
+def key_filter(table: Table, idx: pd.DataFrame) -> ColumnElement[bool]:
+    """``WHERE (k1, k2) IN (...)`` for the key columns of ``idx`` (values bound, never formatted)."""
+    cols = list(idx.columns)
+    if len(cols) == 1:
+        return key_in(table.c[cols[0]], python_values(idx[cols[0]]))
+    return key_tuple_in([table.c[c] for c in cols], [python_values(idx[c]) for c in cols])
+
+
+def fetch_rows(con: Connection, sql: Any) -> Sequence[Any]:
+    """Every row of ``sql`` as the driver returns them (tuples), skipping SQLAlchemy's ``Row`` objects
+    when no column has a result processor (the usual case); otherwise ``Row`` objects as usual."""
+    result = con.execute(sql)
+    processors = getattr(result._metadata, "_processors", None)
+    if processors is None or any(processors) or result.cursor is None:
+        return result.fetchall()
+    try:
+        return result.cursor.fetchall()  # type: ignore[no-any-return]
+    finally:
+        result.close()
+
+
+def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    # column-wise construction: much cheaper than from_records over SQLAlchemy Row objects
+    return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
+
+
+def insert_statement(con: Connection, table: Table) -> Any:
+    """The dialect's ``INSERT`` (with ``on_conflict_*``) for PostgreSQL and SQLite."""
+    if con.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif con.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    else:
+        raise StoreError(f"upsert is not supported on {con.dialect.name}")
+    return dialect_insert(table)
+
+
+def upsert_statement(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str]) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for PostgreSQL and SQLite."""
+    stmt = insert_statement(con, table)
+    update_cols = [c for c in columns if c not in keys]
+    if not update_cols:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))
+    return stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update_cols}
+    )
+
+
