@@ -43,7 +43,8 @@ def docs(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff + mypy over the core and every package."""
     session.install("ruff", "mypy", "pandas-stubs", "-e", f"{CORE}[postgres]")
-    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "tools", "noxfile.py")
+    session.run("python", "tools/check_layers.py")  # no upward import, no import cycle in the core
     session.run(
         "mypy",
         "packages/datapipe-core/datapipe",
