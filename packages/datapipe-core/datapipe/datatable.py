@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from datapipe import keyset
+from datapipe.errors import StoreError
 from datapipe.meta.sql_meta import TableMeta
 from datapipe.run_config import RunConfig
 from datapipe.sql.connection import DBConn
@@ -114,17 +117,6 @@ class DataTable:
                     f"but the table's key type is {expected.__name__}"
                 )
 
-    def prepare_write(
-        self, df: pd.DataFrame, now: float, context: Optional[str] = None, write_store: bool = True
-    ) -> pd.DataFrame:
-        """Validate ``df`` (``check_chunk``) and, when the store is outside the metadata database,
-        note its keys as possibly written before any row reaches the store. Not inside a transaction.
-        """
-        df = self.check_chunk(df, context)
-        if write_store and len(df) and not self.table_store.in_database(self.meta_dbconn):
-            self.meta.record_write_intent(keyset.select(df, self.primary_keys), now)
-        return df
-
     def _match_existing(self, df: pd.DataFrame, existing: pd.DataFrame) -> np.ndarray:
         """Row number in ``existing`` of each row of ``df`` (by primary key), -1 when absent."""
         try:
@@ -179,7 +171,7 @@ class DataTable:
         return IndexDF(keyset.select(changed_df, keys).reset_index(drop=True))
 
     def _delete_rows(self, idx: IndexDF, now: float, delete_store: bool = True) -> None:
-        """Delete ``idx`` from the store and tombstone it."""
+        """Delete ``idx`` from the store (unless ``delete_store`` is False) and tombstone it."""
         if len(idx) == 0:
             return
         if delete_store and self.table_store.caps.supports_delete:
@@ -188,47 +180,43 @@ class DataTable:
                 fault_hook("after_data_delete", self)
         self.meta.mark_deleted(idx, now)
 
-    def store_chunk_changes(
-        self,
-        data_df: pd.DataFrame,
-        processed_idx: Optional[IndexDF] = None,
-        now: Optional[float] = None,
-        write_store: bool = True,
-        context: Optional[str] = None,
-        prepared: bool = False,
-    ) -> Tuple[IndexDF, IndexDF]:
-        """``store_chunk`` returning ``(changed_idx, deleted_idx)``; ``write_store=False`` updates metadata only.
+    def apply_write(self, write: TableWrite, now: float) -> Tuple[IndexDF, IndexDF]:
+        """Write ``write`` inside the current transaction: its data, then its metadata.
 
-        ``prepared`` says the caller already ran ``prepare_write`` on ``data_df`` (it must, before
-        opening a shared transaction, when it writes a store outside the metadata database).
+        Returns ``(changed, deleted)`` keys. Called by ``write_tables`` only, after validation and
+        write intents; see there for the protocol.
         """
-        now = time.time() if now is None else now
-        if not prepared:
-            data_df = self.prepare_write(data_df, now, context, write_store)
-        keys = self.primary_keys
-        has_processed = processed_idx is not None and len(processed_idx) > 0
-        full_keys = has_processed and all(k in processed_idx.columns for k in keys)  # type: ignore[union-attr]
-        with self.meta_dbconn.transaction():
-            # one metadata read serves both change detection and the deletion of vanished rows
-            existing = self._lookup(data_df, processed_idx, full_keys) if len(data_df) or full_keys else None
-            data_keys = keyset.select(data_df, keys)
-            changed = IndexDF(data_keys)
-            if len(data_df):
-                changed = self._write_rows(data_df, now, write_store, existing)  # type: ignore[arg-type]
-            deleted = IndexDF(data_keys.iloc[0:0])
-            if has_processed:
-                # live rows, and rows of unconfirmed writes (see TableMeta.record_write_intent)
-                if full_keys:
-                    deletable = existing["delete_ts"].isna() | existing["hash"].isna()  # type: ignore[index]
-                    live = existing[deletable.to_numpy()]  # type: ignore[index]
-                    live = live[keyset.isin(live, processed_idx, keys)]  # type: ignore[arg-type]
-                else:
-                    live = self.meta.get_existing_idx(processed_idx, unconfirmed=True)
-                if len(live):
-                    live = keyset.select(live[~keyset.isin(live, data_df, keys)], keys)
-                    deleted = IndexDF(live.reset_index(drop=True))
-                self._delete_rows(deleted, now, write_store)
+        data_df, scope, keys = write.frame, write.scope, self.primary_keys
+        has_scope = scope is not None and len(scope) > 0
+        full_keys = scope is not None and has_scope and all(k in scope.columns for k in keys)
+        # one metadata read serves both change detection and the deletion of vanished rows
+        existing = self._lookup(data_df, scope, full_keys) if len(data_df) or full_keys else self._no_rows()
+        data_keys = keyset.select(data_df, keys)
+        changed = IndexDF(data_keys)
+        if len(data_df):
+            changed = self._write_rows(data_df, now, write.write_store, existing)
+        deleted = IndexDF(data_keys.iloc[0:0])
+        if scope is not None and has_scope:
+            deleted = self._vanished(data_df, scope, existing if full_keys else None)
+            self._delete_rows(deleted, now, write.write_store)
         return changed, deleted
+
+    def _no_rows(self) -> pd.DataFrame:
+        return pd.DataFrame(columns=[*self.primary_keys, "hash", "create_ts", "delete_ts"])
+
+    def _vanished(self, data_df: pd.DataFrame, scope: IndexDF, existing: Optional[pd.DataFrame]) -> IndexDF:
+        """Keys in ``scope`` stored before (live, or an unconfirmed write) that ``data_df`` no longer has."""
+        keys = self.primary_keys
+        if existing is not None:  # ``scope`` has every key column: its metadata is already in ``existing``
+            deletable = existing["delete_ts"].isna() | existing["hash"].isna()
+            live = existing[deletable.to_numpy()]
+            live = live[keyset.isin(live, scope, keys)]
+        else:
+            live = self.meta.get_existing_idx(scope, unconfirmed=True)
+        if len(live) == 0:
+            return IndexDF(pd.DataFrame(columns=keys))
+        live = keyset.select(live[~keyset.isin(live, data_df, keys)], keys)
+        return IndexDF(live.reset_index(drop=True))
 
     def store_chunk(
         self,
@@ -251,7 +239,7 @@ class DataTable:
         Returns:
             The keys of new or changed rows.
         """
-        changed, _ = self.store_chunk_changes(data_df, processed_idx, now)
+        [(changed, _)] = write_tables(self.meta_dbconn, [TableWrite(self, data_df, processed_idx)], now)
         return changed
 
     def delete_by_idx(self, idx: IndexDF, now: Optional[float] = None, run_config: Optional[RunConfig] = None) -> None:
@@ -284,6 +272,86 @@ class DataTable:
     def reset_metadata(self) -> None:
         """Mark every row as never confirmed (``process_ts = 0``)."""
         self.meta.reset_process_ts()
+
+
+# ---------------------------------------------------------------- the unit of work
+
+
+@dataclass
+class TableWrite:
+    """Rows for one table in a unit of work.
+
+    ``frame`` replaces what the table held for the keys of ``scope`` (rows of ``scope`` absent from
+    ``frame`` are deleted; None deletes nothing). ``context`` prefixes error messages (e.g. the step
+    and table); ``write_store=False`` records the rows in the metadata only (for stores written by
+    someone else, see ``UpdateExternalTable``).
+    """
+
+    table: DataTable
+    frame: pd.DataFrame
+    scope: Optional[IndexDF] = None
+    context: Optional[str] = None
+    write_store: bool = True
+
+
+def write_tables(
+    dbconn: DBConn,
+    writes: Sequence[TableWrite],
+    now: Optional[float] = None,
+    then: Optional[Callable[[], None]] = None,
+) -> List[Tuple[IndexDF, IndexDF]]:
+    """The one way Datapipe writes tables: returns ``(changed, deleted)`` keys per write.
+
+    1. every frame is validated (``DataTable.check_chunk``): bad input raises before anything is written;
+    2. for stores outside the metadata database, the keys about to be written are noted as
+       *unconfirmed writes* in a transaction of their own (``TableMeta.record_write_intent``), so a
+       crash between the store write and the metadata write cannot leave rows Datapipe does not know;
+    3. one metadata transaction (``dbconn.transaction()``): for each write its store rows, then its
+       metadata; then ``then()``, which records what the writes stand for (a step's processed keys).
+       When a store shares the metadata database its rows commit in the same transaction.
+
+    ``ValueError``, ``TypeError`` and ``StoreError`` are re-raised with the write's ``context`` in front.
+    """
+    now = time.time() if now is None else now
+    checked = []
+    for write in writes:
+        with named(write.context):
+            frame = write.table.check_chunk(write.frame, write.context)
+        checked.append(replace(write, frame=frame))
+    for write in checked:
+        table = write.table
+        if write.write_store and len(write.frame) and not table.table_store.in_database(dbconn):
+            with named(write.context):
+                table.meta.record_write_intent(keyset.select(write.frame, table.primary_keys), now)
+    results = []
+    with dbconn.transaction():
+        for write in checked:
+            with named(write.context):
+                results.append(write.table.apply_write(write, now))
+        if then is not None:
+            then()
+    return results
+
+
+@contextmanager
+def named(context: Optional[str]) -> Iterator[None]:
+    """Re-raise bad-data and store errors with ``context`` (e.g. step and table) in front of the message."""
+    try:
+        yield
+    except (ValueError, TypeError, StoreError) as e:
+        if context is None:
+            raise
+        raise with_context(e, context) from e
+
+
+def with_context(error: Exception, context: str) -> Exception:
+    """``error`` again with ``context`` in front, for exactly ``ValueError``/``TypeError``/``StoreError``
+    (whose constructors take one message); any other class, or a message already naming the
+    context, is returned unchanged."""
+    if str(error).startswith(context.split(",")[0]) or type(error) not in (ValueError, TypeError, StoreError):
+        return error
+    return type(error)(f"{context}: {error}")
+
 
 
 class DataStore:
@@ -325,6 +393,12 @@ class DataStore:
         if name in self.tables:
             return self.tables[name]
         return self.create_table(name, table_store)
+
+    def write(
+        self, writes: Sequence[TableWrite], now: Optional[float] = None, then: Optional[Callable[[], None]] = None
+    ) -> List[Tuple[IndexDF, IndexDF]]:
+        """One unit of work on this store's tables; see ``write_tables``."""
+        return write_tables(self.meta_dbconn, writes, now, then)
 
     def get_table(self, name: str) -> DataTable:
         if name not in self.tables:

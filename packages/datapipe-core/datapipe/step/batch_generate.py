@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pandas as pd
 
 from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs, step_name
-from datapipe.datatable import DataStore, DataTable
+from datapipe.datatable import DataStore, DataTable, TableWrite
 from datapipe.executor import Executor
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, Labels, TransformResult
@@ -61,7 +61,7 @@ def do_batch_generate(
                 context = f"generator chunk {n} for table {dt.name!r}"
                 # never before ``started``, even if the clock steps back: stale means "not confirmed since start"
                 now = max(time.time(), started)
-                changed, _ = dt.store_chunk_changes(frame, now=now, context=context)
+                [(changed, _)] = ds.write([TableWrite(dt, frame, context=context)], now)
                 changes.append(dt.name, changed)
     except Exception:
         logger.exception("generator %s failed; stale rows are kept", getattr(func, "__name__", func))

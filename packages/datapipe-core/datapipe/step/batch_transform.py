@@ -20,7 +20,6 @@ import inspect
 import logging
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -39,7 +38,7 @@ from datapipe.compute import (
     resolve_outputs,
     step_name,
 )
-from datapipe.datatable import DataStore
+from datapipe.datatable import DataStore, TableWrite
 from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.locks import step_lock
@@ -48,7 +47,6 @@ from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig
 from datapipe.run_result import attach_failure
 from datapipe.sql.schema import BASIC, python_type
-from datapipe.store.table_store import StoreError
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
 
 logger = logging.getLogger("datapipe.step.batch_transform")
@@ -94,22 +92,6 @@ def compute_transform_schema(
     if unknown:
         raise ValueError(f"step {name!r}: transform key(s) {unknown} are not columns of any input or output")
     return [Column(k, types[k], primary_key=True) for k in keys]
-
-
-@contextmanager
-def _named(context: str) -> Iterator[None]:
-    """Re-raise bad-data and store errors with ``context`` (step and table) in front."""
-    try:
-        yield
-    except (ValueError, TypeError, StoreError) as e:
-        raise _with_context(e, context) from e
-
-
-def _with_context(error: Exception, context: str) -> Exception:
-    """``error`` again (same type) with ``context`` in front of its message, unless it already names it."""
-    if str(error).startswith(context.split(",")[0]) or type(error) not in (ValueError, TypeError, StoreError):
-        return error
-    return type(error)(f"{context}: {error}")
 
 
 def check_key_types(name: str, inputs: Sequence[ComputeInput], outputs: Sequence[ComputeOutput]) -> None:
@@ -427,25 +409,18 @@ class BaseBatchTransformStep(ComputeStep):
     def store_batch_result(
         self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], snapshot: Snapshot
     ) -> ChangeList:
+        """Write the outputs of a batch and record its keys as processed, in one unit of work."""
         now = time.time()
-        contexts = [f"step {self.name!r}, result for table {co.name!r}" for co in self.output_dts]
-        prepared = []
-        for frame, co, context in zip(frames, self.output_dts, contexts):  # before the transaction
-            with _named(context):
-                prepared.append(co.dt.prepare_write(frame, now, context))
+        writes = [
+            TableWrite(co.dt, frame, self._output_idx(co, idx), f"step {self.name!r}, result for table {co.name!r}")
+            for frame, co in zip(frames, self.output_dts)
+        ]
+        results = ds.write(writes, now, then=lambda: self.meta.mark_success(idx, snapshot, now))
         changes = ChangeList()
-        n_deleted = 0
-        with ds.meta_dbconn.transaction():
-            for frame, co, context in zip(prepared, self.output_dts, contexts):
-                with _named(context):
-                    changed, deleted = co.dt.store_chunk_changes(
-                        frame, self._output_idx(co, idx), now=now, context=context, prepared=True
-                    )
-                changes.append(co.name, changed)
-                changes.append(co.name, deleted)
-                n_deleted += len(deleted)
-            self.meta.mark_success(idx, snapshot, now)
-        changes.deleted_count = n_deleted
+        for co, (changed, deleted) in zip(self.output_dts, results):
+            changes.append(co.name, changed)
+            changes.append(co.name, deleted)
+        changes.deleted_count = sum(len(deleted) for _, deleted in results)
         return changes
 
     # ------------------------------------------------------------------ reading inputs

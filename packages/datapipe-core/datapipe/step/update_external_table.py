@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs
-from datapipe.datatable import DataStore
+from datapipe.datatable import DataStore, TableWrite
 from datapipe.executor import Executor, batch_stats
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, Labels
@@ -20,7 +20,7 @@ def update_external_table(ds: DataStore, output: ComputeOutput, run_config: Opti
     changes = ChangeList()
     for chunk in dt.table_store.read_rows_meta_pseudo_df(run_config=run_config):
         now = max(time.time(), started)  # never before ``started``: see do_batch_generate
-        changed, _ = dt.store_chunk_changes(chunk, now=now, write_store=False)
+        [(changed, _)] = ds.write([TableWrite(dt, chunk, write_store=False)], now)
         changes.append(dt.name, changed)
     vanished = dt.delete_stale_by_process_ts(started, delete_store=False)
     changes.append(dt.name, vanished)
