@@ -416,14 +416,11 @@ def step_list(obj: CliContext, names: Optional[str], labels: Sequence[str], stat
 
 
 def _step_status(obj: CliContext, s: ComputeStep) -> List[Any]:
-    meta = getattr(s, "meta", None)
-    if meta is None or not hasattr(meta, "get_counts"):
-        return ["-", "-", "-", ""]
     st = s.get_status(obj.app.ds)
-    failed = meta.get_counts()["failed"]
-    error = meta.get_failed_errors(1)[0] if failed else ""
-    error = mask_text(error.splitlines()[0] if error else "")
-    return [st.total_idx_count, st.changed_idx_count, failed, error[:100]]
+    if st.failed_idx_count is None:
+        return ["-", "-", "-", ""]
+    error = mask_text(st.last_error.splitlines()[0] if st.last_error else "")
+    return [st.total_idx_count, st.changed_idx_count, st.failed_idx_count, error[:100]]
 
 
 @step.command("run")
@@ -490,7 +487,7 @@ def parse_idx(values: Sequence[str], step: ComputeStep) -> pd.DataFrame:
 
 
 def _typed_idx(records: List[Dict[str, Any]], step: ComputeStep) -> pd.DataFrame:
-    schema = getattr(step, "transform_schema", None)
+    schema = step.transform_schema
     keys = [str(c.name) for c in schema] if schema is not None else sorted({k for r in records for k in r})
     df = pd.DataFrame.from_records(records)
     missing = [k for k in keys if k not in df.columns]
@@ -531,7 +528,6 @@ def step_run_idx(obj: CliContext, names: Optional[str], labels: Sequence[str], i
     run_config = RunConfig(callback=obj.callbacks(stats))
     failed = []
     for s, idx in parsed:
-        stats.on_step_start(s, 1)
         changes = s.run_idx(obj.app.ds, idx, run_config)
         n = sum(len(v) for v in changes.changes.values())
         click.echo(f"{s.name}: processed {len(idx)} key(s), {n} output key(s) changed")
@@ -569,8 +565,7 @@ def table_list(obj: CliContext) -> None:
     rows = []
     for name in sorted(app.catalog.catalog):
         dt = app.catalog.get_datatable(app.ds, name)
-        describe = getattr(dt.table_store, "describe", None)
-        text = describe() if describe else type(dt.table_store).__name__
+        text = dt.table_store.describe()
         rows.append([name, store_kind(dt.table_store), mask_text(text), dt.get_size()])
     print_table(["table", "kind", "store", "rows"], rows)
 
@@ -586,13 +581,14 @@ def db_create_all(obj: CliContext) -> None:
     """Create every metadata and SQL data table of the pipeline (existing tables are kept)."""
     from datapipe.errors import mask_url
     from datapipe.sql.connection import DBConn
+    from datapipe.store.database import TableStoreDB
 
     app = obj.app
     conns: List[DBConn] = [app.ds.meta_dbconn]
     for name in app.catalog.catalog:
-        conn = getattr(app.catalog.get_datatable(app.ds, name).table_store, "dbconn", None)
-        if isinstance(conn, DBConn) and all(conn is not c for c in conns):
-            conns.append(conn)
+        store = app.catalog.get_datatable(app.ds, name).table_store
+        if isinstance(store, TableStoreDB) and all(store.dbconn is not c for c in conns):
+            conns.append(store.dbconn)
     for conn in conns:
         try:
             conn.sqla_metadata.create_all(conn.con, checkfirst=True)

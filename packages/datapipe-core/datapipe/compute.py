@@ -15,7 +15,7 @@ from datapipe.run_callback import CompositeRunCallback, RunCallback
 from datapipe.run_config import RunConfig
 from datapipe.run_result import RunResult, with_result_collector
 from datapipe.store.table_store import TableStore
-from datapipe.types import ChangeList, IndexDF, InputSpec, Labels, OutputSpec, Required, TableOrName
+from datapipe.types import ChangeList, DataSchema, IndexDF, InputSpec, Labels, OutputSpec, Required, TableOrName
 
 logger = logging.getLogger("datapipe.compute")
 
@@ -129,20 +129,54 @@ class ComputeOutput:
 
 @dataclass
 class StepStatus:
-    """Keys a step has processed (``total_idx_count``) and keys pending for its next run."""
+    """What a step has done and has left to do, from indexed metadata only.
+
+    ``total_idx_count``: keys the step has a record of; ``changed_idx_count``: keys waiting to be
+    processed (changed since, never processed, or failed); ``failed_idx_count``: keys whose last
+    attempt failed (None for step kinds that keep no per-key state); ``last_error``: the text of
+    one such failure, or None.
+    """
 
     name: str
     total_idx_count: int
     changed_idx_count: int
+    failed_idx_count: Optional[int] = None  # None: the step kind does not track keys
+    last_error: Optional[str] = None
+
+
+class StepRun:
+    """One run of one step, as its listeners see it; handed to the step's ``_run_*`` hooks.
+
+    ``start(total)`` reports the start with the number of batches once the step knows it; the
+    lifecycle reports it (with 0) itself if the step never does.
+    """
+
+    def __init__(self, step: ComputeStep, callback: Optional[RunCallback]) -> None:
+        self.step = step
+        self.callback = callback
+        self.started = False
+
+    def start(self, total: int = 0) -> None:
+        if not self.started:
+            self.started = True
+            self._emit("on_step_start", self.step, total)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        if self.callback is None:
+            return
+        try:
+            getattr(self.callback, event)(*args)
+        except Exception:  # noqa: BLE001 - a listener must never fail a run or mask the step's own error
+            logger.exception("run callback %r failed in %s", self.callback, event)
 
 
 class ComputeStep:
-    """A runnable step bound to a ``DataStore``, as ``build_compute`` returns them.
+    """A runnable step bound to a ``DataStore``.
 
-    ``run_steps`` calls ``run_full`` on each; the CLI selects steps by ``name`` and ``labels``.
-    Batch steps (``BatchTransform`` and friends) also have ``meta`` (their per-key state) and
-    ``transform_keys``. Subclasses implement ``run_full``, and ``run_changelist``/``run_idx``
-    when they can run for given keys.
+    Every entry point (``run_full``, ``run_changelist``, ``run_idx``) goes through one lifecycle
+    (``lifecycle``): the step's run lock (``datapipe.meta.locks``), then ``on_step_start``, the work,
+    and exactly one of ``on_step_success`` / ``on_step_error`` (the error is re-raised). Subclasses
+    implement the work in ``_run_full`` and, where they support it, ``_run_changelist`` / ``_run_idx``.
     """
 
     def __init__(
@@ -158,6 +192,8 @@ class ComputeStep:
         self.output_dts = list(output_dts)
         self._labels = list(labels or [])
         self.executor_config = executor_config
+        # the key columns ``run_idx`` takes (batch steps); None for steps that do not work by key
+        self.transform_schema: Optional[DataSchema] = None
 
     @property
     def name(self) -> str:
@@ -179,26 +215,15 @@ class ComputeStep:
     def get_status(self, ds: DataStore) -> StepStatus:
         return StepStatus(name=self.name, total_idx_count=0, changed_idx_count=0)
 
+    # ------------------------------------------------------------------ entry points
+
     def run_full(
         self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
     ) -> None:
-        raise NotImplementedError
-
-    @contextmanager
-    def run_scope(self, ds: DataStore, run_config: Optional[RunConfig], total: int = 0) -> Iterator[None]:
-        """Hold the step's run lock (``datapipe.meta.locks``) and report start, error and success."""
-        callback = run_config.callback if run_config is not None else None
-        if callback is not None:
-            callback.on_step_start(self, total)
-        try:
-            with step_lock(ds.meta_dbconn, self.name):
-                yield
-        except Exception as e:
-            if callback is not None:
-                callback.on_step_error(self, e)
-            raise
-        if callback is not None:
-            callback.on_step_success(self)
+        """Process everything that changed since the last run."""
+        run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
+        with self.lifecycle(ds, run_config) as run:
+            self._run_full(ds, run_config, executor, run)
 
     def run_changelist(
         self,
@@ -207,11 +232,48 @@ class ComputeStep:
         run_config: Optional[RunConfig] = None,
         executor: Optional[Executor] = None,
     ) -> ChangeList:
-        """Process what ``change_list`` touches; by default a full run, reporting no changes."""
-        self.run_full(ds, run_config, executor)
-        return ChangeList()
+        """Process what ``change_list`` touches; return the changes made."""
+        run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
+        with self.lifecycle(ds, run_config) as run:
+            return self._run_changelist(ds, change_list, run_config, executor, run)
 
     def run_idx(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
+        """Process exactly the keys in ``idx``, whether they changed or not."""
+        run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
+        with self.lifecycle(ds, run_config) as run:
+            return self._run_idx(ds, idx, run_config, run)
+
+    @contextmanager
+    def lifecycle(self, ds: DataStore, run_config: Optional[RunConfig]) -> Iterator[StepRun]:
+        """Hold the step's run lock and report start, then success or error, around the block."""
+        run = StepRun(self, run_config.callback if run_config is not None else None)
+        try:
+            with step_lock(ds.meta_dbconn, self.name):
+                yield run
+        except Exception as e:
+            run.start()
+            run._emit("on_step_error", self, e)
+            raise
+        run.start()
+        run._emit("on_step_success", self)
+
+    # ------------------------------------------------------------------ what subclasses implement
+
+    def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _run_full")
+
+    def _run_changelist(
+        self,
+        ds: DataStore,
+        change_list: ChangeList,
+        run_config: RunConfig,
+        executor: Optional[Executor],
+        run: StepRun,
+    ) -> ChangeList:
+        """By default a step without inputs ignores change lists (nothing of it can change)."""
+        return ChangeList()
+
+    def _run_idx(self, ds: DataStore, idx: IndexDF, run_config: RunConfig, run: StepRun) -> ChangeList:
         raise NotImplementedError(f"{type(self).__name__} cannot run for given keys")
 
     def reset_metadata(self, ds: DataStore) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pandas as pd
 
-from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs, step_name
+from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, StepRun, resolve_outputs, step_name
 from datapipe.datatable import DataStore, DataTable, TableWrite
 from datapipe.executor import Executor
 from datapipe.run_config import RunConfig
@@ -87,22 +87,8 @@ class BatchGenerateStep(ComputeStep):
         self.kwargs = kwargs
         self.delete_stale = delete_stale
 
-    def run_full(
-        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
-    ) -> None:
-        with self.run_scope(ds, run_config):
-            do_batch_generate(
-                self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs
-            )
-
-    def run_changelist(
-        self,
-        ds: DataStore,
-        change_list: ChangeList,
-        run_config: Optional[RunConfig] = None,
-        executor: Optional[Executor] = None,
-    ) -> ChangeList:
-        return ChangeList()  # a generator has no inputs, so a change list never concerns it
+    def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
+        do_batch_generate(self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs)
 
 
 @dataclass

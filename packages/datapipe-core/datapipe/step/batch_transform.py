@@ -33,6 +33,7 @@ from datapipe.compute import (
     ComputeOutput,
     ComputeStep,
     PipelineStep,
+    StepRun,
     StepStatus,
     resolve_inputs,
     resolve_outputs,
@@ -41,7 +42,6 @@ from datapipe.compute import (
 from datapipe.datatable import DataStore, TableWrite
 from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
-from datapipe.meta.locks import step_lock
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig
@@ -283,10 +283,13 @@ class BaseBatchTransformStep(ComputeStep):
 
     def get_status(self, ds: DataStore) -> StepStatus:
         counts = self.meta.get_counts()
+        errors = self.meta.get_failed_errors(1) if counts["failed"] else []
         return StepStatus(
             name=self.name,
             total_idx_count=counts["processed"],
             changed_idx_count=self.meta.get_changed_idx_count(ds),
+            failed_idx_count=counts["failed"],
+            last_error=errors[0] if errors else None,
         )
 
     # ------------------------------------------------------------------ running
@@ -298,45 +301,35 @@ class BaseBatchTransformStep(ComputeStep):
         batches: Iterator[IndexDF],
         run_config: RunConfig,
         executor: Optional[Executor],
+        run: StepRun,
     ) -> ChangeList:
-        callback = run_config.callback
-        if callback is not None:
-            callback.on_step_start(self, count)
+        run.start(count)
         executor = executor or SingleThreadExecutor()
-        changes = executor.run_process_batch(
-            self, ds, count, batches, self.process_batch, run_config, self.executor_config
-        )
-        if callback is not None:
-            callback.on_step_success(self)
-        return changes
+        config = self.executor_config
+        return executor.run_process_batch(self, ds, count, batches, self.process_batch, run_config, config)
 
-    def run_full(
-        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
-    ) -> None:
-        run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
-        with step_lock(ds.meta_dbconn, self.name):  # one runner per step; see datapipe.meta.locks
-            idx, snapshot = self.get_changed_idx(ds, run_config)
-            count, batches = self._batches(idx)
-            logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
-            self._execute(ds, count, batches, run_config, executor)
-            if self._can_advance_watermark(run_config):
-                self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
+    def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
+        idx, snapshot = self.get_changed_idx(ds, run_config)
+        count, batches = self._batches(idx)
+        logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
+        self._execute(ds, count, batches, run_config, executor, run)
+        if self._can_advance_watermark(run_config):
+            self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
-    def run_changelist(
+    def _run_changelist(
         self,
         ds: DataStore,
         change_list: ChangeList,
-        run_config: Optional[RunConfig] = None,
-        executor: Optional[Executor] = None,
+        run_config: RunConfig,
+        executor: Optional[Executor],
+        run: StepRun,
     ) -> ChangeList:
-        run_config = RunConfig.add_labels(run_config, {"step_name": self.name})
-        with step_lock(ds.meta_dbconn, self.name):
-            count, batches = self.get_change_list_process_ids(ds, change_list, run_config)
-            return self._execute(ds, count, batches, run_config, executor)
+        count, batches = self.get_change_list_process_ids(ds, change_list, run_config)
+        return self._execute(ds, count, batches, run_config, executor, run)
 
-    def run_idx(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
-        with step_lock(ds.meta_dbconn, self.name):
-            return self.process_batch(ds, idx, run_config)
+    def _run_idx(self, ds: DataStore, idx: IndexDF, run_config: RunConfig, run: StepRun) -> ChangeList:
+        run.start(1)
+        return self.process_batch(ds, idx, run_config)
 
     def reset_metadata(self, ds: DataStore) -> None:
         self.meta.reset()

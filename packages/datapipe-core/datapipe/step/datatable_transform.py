@@ -11,6 +11,7 @@ from datapipe.compute import (
     ComputeOutput,
     ComputeStep,
     PipelineStep,
+    StepRun,
     resolve_inputs,
     resolve_outputs,
     step_name,
@@ -20,7 +21,7 @@ from datapipe.executor import Executor
 from datapipe.meta.sql_meta import Watermarks
 from datapipe.meta.versions import take_snapshot
 from datapipe.run_config import RunConfig
-from datapipe.types import Labels
+from datapipe.types import ChangeList, Labels
 
 DatatableTransformFunc = Callable[..., None]
 
@@ -50,15 +51,25 @@ class DatatableTransformStep(ComputeStep):
         self.kwargs = kwargs or {}
         self.watermarks = Watermarks(ds.meta_dbconn, name, ds.create_meta_table)
 
-    def run_full(
-        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
-    ) -> None:
+    def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
         snapshot = take_snapshot(ds.meta_dbconn)
         if self.check_for_changes and self.input_dts and not self._changed():
             return
-        with self.run_scope(ds, run_config, total=1):
-            self.func(ds, [ci.dt for ci in self.input_dts], [co.dt for co in self.output_dts], run_config, self.kwargs)
-            self.watermarks.set({ci.name: snapshot for ci in self.input_dts})
+        run.start(1)
+        self.func(ds, [ci.dt for ci in self.input_dts], [co.dt for co in self.output_dts], run_config, self.kwargs)
+        self.watermarks.set({ci.name: snapshot for ci in self.input_dts})
+
+    def _run_changelist(
+        self,
+        ds: DataStore,
+        change_list: ChangeList,
+        run_config: RunConfig,
+        executor: Optional[Executor],
+        run: StepRun,
+    ) -> ChangeList:
+        """A whole-table function cannot run for some keys: it runs whenever an input changed."""
+        self._run_full(ds, run_config, executor, run)
+        return ChangeList()
 
     def _changed(self) -> bool:
         seen = self.watermarks.get()

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, resolve_outputs
+from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, StepRun, resolve_outputs
 from datapipe.datatable import DataStore, TableWrite
 from datapipe.executor import Executor, batch_stats
 from datapipe.run_config import RunConfig
@@ -29,23 +29,12 @@ def update_external_table(ds: DataStore, output: ComputeOutput, run_config: Opti
 
 
 class UpdateExternalTableStep(ComputeStep):
-    def run_full(
-        self, ds: DataStore, run_config: Optional[RunConfig] = None, executor: Optional[Executor] = None
-    ) -> None:
-        with self.run_scope(ds, run_config, total=1):
-            changes = update_external_table(ds, self.output_dts[0], run_config)
-            if run_config is not None and run_config.callback is not None:
-                n = sum(len(idx) for idx in changes.changes.values())
-                run_config.callback.on_step_progress(self, 1, 1, rows=n, **batch_stats(changes))
-
-    def run_changelist(
-        self,
-        ds: DataStore,
-        change_list: ChangeList,
-        run_config: Optional[RunConfig] = None,
-        executor: Optional[Executor] = None,
-    ) -> ChangeList:
-        return ChangeList()
+    def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
+        run.start(1)
+        changes = update_external_table(ds, self.output_dts[0], run_config)
+        if run_config.callback is not None:
+            n = sum(len(idx) for idx in changes.changes.values())
+            run_config.callback.on_step_progress(self, 1, 1, rows=n, **batch_stats(changes))
 
 
 @dataclass
