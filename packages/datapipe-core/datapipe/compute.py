@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from datapipe.datatable import DataStore, DataTable
+from datapipe.errors import ConfigError
 from datapipe.executor import Executor, ExecutorConfig
 from datapipe.meta.locks import step_lock
 from datapipe.run_callback import CompositeRunCallback, RunCallback
@@ -80,7 +81,7 @@ class Catalog:
             return self.get_datatable(ds, table)
         if isinstance(table, Table):
             if table.name is None:
-                raise ValueError(f"Table {table!r} has no name; give it one or put it in the catalog")
+                raise ConfigError(f"Table {table!r} has no name; give it one or put it in the catalog")
             if table.name not in self.catalog:
                 self.add_datatable(table.name, table)
             return ds.get_or_create_table(table.name, table.store)
@@ -336,7 +337,7 @@ def build_compute(ds: DataStore, catalog: Catalog, pipeline: Pipeline) -> List[C
         seen[step.name] = seen.get(step.name, 0) + 1
     dups = sorted(n for n, c in seen.items() if c > 1)
     if dups:
-        raise ValueError(f"duplicate step names {dups}: give the steps distinct name= arguments")
+        raise ConfigError(f"duplicate step names {dups}: give the steps distinct name= arguments")
     return steps
 
 

@@ -10,9 +10,10 @@ import pandas as pd
 from pymilvus import DataType, MilvusClient
 from sqlalchemy import Column, String
 
+from datapipe.errors import StoreError, raise_redacted
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import ANY, BOOL, BYTES, DATE, DATETIME, FLOAT, INT, STR, column_kind
-from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
+from datapipe.store.table_store import TableStore, TableStoreCaps
 from datapipe.store.vectors import check_frame
 from datapipe.types import DataDF, DataSchema, IndexDF
 from datapipe_milvus import client as mclient
@@ -196,12 +197,11 @@ class MilvusStore(TableStore):
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - any client/server failure becomes a StoreError
-            message = str(e)
-            if self.token:
-                message = message.replace(self.token, "***")
-            raise StoreError(
-                f"MilvusStore: {op} on collection {self.name!r} at {self.address} failed: {type(e).__name__}: {message}"
-            ) from e
+            raise_redacted(
+                StoreError,
+                f"MilvusStore: {op} on collection {self.name!r} at {self.address} failed: {type(e).__name__}: {e}",
+                [self.token],
+            )
 
     def _varchar_length(self, col: Column) -> int:
         length = getattr(col.type, "length", None) if isinstance(col.type, String) else None

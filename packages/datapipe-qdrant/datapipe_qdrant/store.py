@@ -17,9 +17,10 @@ import pandas as pd
 from qdrant_client import QdrantClient, models
 from sqlalchemy import Column
 
+from datapipe.errors import StoreError, redact
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import INT, column_kind
-from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
+from datapipe.store.table_store import TableStore, TableStoreCaps
 from datapipe.store.vectors import check_frame
 from datapipe.types import DataDF, DataSchema, IndexDF
 from datapipe_qdrant import client as qclient
@@ -153,12 +154,12 @@ class _QdrantBase(TableStore):
         return self._client()[0]
 
     def _error(self, op: str, collection: str, e: Exception) -> StoreError:
-        message = f"{e}"
-        if self.api_key:
-            message = message.replace(self.api_key, "***")
         return StoreError(
-            f"{type(self).__name__}: {op} on collection {collection!r} at {self.address} failed: "
-            f"{type(e).__name__}: {message}"
+            redact(
+                f"{type(self).__name__}: {op} on collection {collection!r} at {self.address} failed: "
+                f"{type(e).__name__}: {e}",
+                [self.api_key],
+            )
         )
 
     def _call(self, method: str, collection: str, **kwargs: Any) -> Any:
@@ -173,7 +174,7 @@ class _QdrantBase(TableStore):
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - any client/server failure becomes a StoreError
-            raise self._error(op, collection, e) from e
+            raise self._error(op, collection, e) from None  # the original may carry the secret
 
     def _ensure_collection(self, collection: str) -> None:
         if collection in self._ready:

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import pandas as pd
 from sqlalchemy import Column
 
-from datapipe.errors import mask_url
+from datapipe.errors import mask_url, redact
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import (
     decode_frame,
@@ -143,11 +143,7 @@ class RedisStore(TableStore):
             url_password = urlsplit(self.connection).password
         except ValueError:
             url_password = None
-        if url_password:
-            secrets.append(url_password)
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, [*secrets, url_password])
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:

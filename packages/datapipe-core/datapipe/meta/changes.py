@@ -18,6 +18,7 @@ import pandas as pd
 from sqlalchemy import and_, exists, literal, or_, select, true, union_all
 from sqlalchemy.sql import Select
 
+from datapipe.errors import ConfigError
 from datapipe.meta.sql_meta import TableMeta, TransformMeta, filter_clause
 from datapipe.meta.versions import Snapshot, not_seen, unseen_rows
 from datapipe.sql.rows import key_chunks, key_filter, rows_to_df
@@ -75,7 +76,7 @@ class ChangeQuery:
             provided |= set(other.columns)
         missing = [k for k in self.keys if k not in provided]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"step {self.tr.name!r}: transform key(s) {missing} are not provided by any input; "
                 "pass transform_keys= or map keys with InputSpec(keys=...)"
             )

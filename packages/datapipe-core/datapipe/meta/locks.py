@@ -39,7 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from datapipe.errors import StoreError, mask_url
+from datapipe.errors import DatapipeError, StoreError, mask_url
 
 if TYPE_CHECKING:
     from datapipe.sql.connection import DBConn
@@ -50,7 +50,7 @@ MODES = ("wait", "fail", "off")
 POLL_INTERVAL = 0.1  # seconds between attempts when a timeout is set
 
 
-class StepLockedError(RuntimeError):
+class StepLockedError(DatapipeError, RuntimeError):
     """Another process holds the run lock of the step."""
 
 

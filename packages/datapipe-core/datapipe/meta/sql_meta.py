@@ -60,7 +60,7 @@ from sqlalchemy import (
 )
 
 from datapipe import keyset
-from datapipe.errors import mask_url
+from datapipe.errors import DatapipeError, mask_url
 from datapipe.meta.versions import Snapshot, declare_counter, unseen_rows, write_version
 from datapipe.sql.bulk import bulk_upsert_values, value_kind
 from datapipe.sql.connection import DBConn
@@ -84,7 +84,7 @@ WATERMARKS_TABLE = "datapipe_watermarks"
 VERSION_COLUMNS = {"version", "seen_below", "seen_pending"}
 
 
-class MetadataUpgradeRequired(RuntimeError):
+class MetadataUpgradeRequired(DatapipeError, RuntimeError):
     """The metadata database was written by an earlier Datapipe and lacks the change-version columns."""
 
 

@@ -40,6 +40,7 @@ from datapipe.compute import (
     step_name,
 )
 from datapipe.datatable import DataStore, TableWrite
+from datapipe.errors import ConfigError
 from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
 from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.sql_meta import TransformMeta
@@ -79,7 +80,7 @@ def compute_transform_schema(
         out_names = {k for k, _ in out_cols}
         keys = _unique([k for k, _ in in_cols if k in out_names])
         if not keys:
-            raise ValueError(
+            raise ConfigError(
                 f"step {name!r}: inputs {[c.name for c in inputs]} and outputs {[c.name for c in outputs]} "
                 "share no primary key column; pass transform_keys="
             )
@@ -90,7 +91,7 @@ def compute_transform_schema(
         types.setdefault(k, col.type)
     unknown = [k for k in keys if k not in types]
     if unknown:
-        raise ValueError(f"step {name!r}: transform key(s) {unknown} are not columns of any input or output")
+        raise ConfigError(f"step {name!r}: transform key(s) {unknown} are not columns of any input or output")
     return [Column(k, types[k], primary_key=True) for k in keys]
 
 
@@ -107,7 +108,7 @@ def check_key_types(name: str, inputs: Sequence[ComputeInput], outputs: Sequence
             first, first_type = seen[key]
             have = python_type(first_type)
             if want in BASIC and have in BASIC and want is not have:
-                raise ValueError(
+                raise ConfigError(
                     f"step {name!r}: key {key!r} is {first_type} in table {first!r} but {col.type} in table "
                     f"{table.name!r}; rows cannot be matched across them (use InputSpec(keys=...) or fix a schema)"
                 )
@@ -169,12 +170,52 @@ def normalise_filters(filters: Filters) -> List[LabelDict]:
 
 
 class StepMeta(TransformMeta):
-    """The step's processing state; also answers how many keys are pending."""
+    """A batch step's processing state and its change query: which keys are pending.
 
-    step: BaseBatchTransformStep
+    ``plan`` gives the change query and the step's own filters and order once the step has
+    worked them out (``BaseBatchTransformStep.__init__``).
+    """
 
-    def get_changed_idx_count(self, ds: DataStore, run_config: Optional[RunConfig] = None) -> int:
-        return len(self.step.get_changed_idx(ds, run_config)[0])
+    changes: ChangeQuery
+    filters: Filters = None
+    order_by: Optional[List[str]] = None
+    descending: bool = False
+
+    def plan(self, changes: ChangeQuery, filters: Filters, order_by: Optional[List[str]], descending: bool) -> None:
+        self.changes, self.filters, self.order_by, self.descending = changes, filters, order_by, descending
+
+    def run_filters(self, run_config: Optional[RunConfig]) -> List[LabelDict]:
+        """The step's filters combined with those of ``run_config`` (every pair merged)."""
+        result = normalise_filters(self.filters)
+        if run_config is not None and run_config.filters:
+            run_filters = normalise_filters(run_config.filters)
+            result = [{**a, **b} for a in (result or [{}]) for b in run_filters]
+        return result
+
+    def can_advance_watermark(self, run_config: Optional[RunConfig]) -> bool:
+        """Only a run that saw every key may move the watermarks (static dict filters are part of the step)."""
+        return not callable(self.filters) and not (run_config is not None and run_config.filters)
+
+    def require_upgraded(self) -> None:
+        super().require_upgraded()
+        for inp in self.changes.inputs:
+            inp.meta.require_upgraded()
+
+    def get_changed_idx(self, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
+        """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
+        self.require_upgraded()
+        snapshot = take_snapshot(self.dbconn)  # before the query: what it may miss stays unseen
+        query = self.changes.build(
+            self.changes.window_wheres(self.get_watermarks()),
+            filters=self.run_filters(run_config),
+            order_by=self.order_by,
+            descending=self.descending,
+        )
+        return self.changes.fetch(query), snapshot
+
+    def get_changed_idx_count(self, ds: Any = None, run_config: Optional[RunConfig] = None) -> int:
+        """How many keys are pending (the 0.15 API passes the ``DataStore``, which is not needed)."""
+        return len(self.get_changed_idx(run_config)[0])
 
 
 class BaseBatchTransformStep(ComputeStep):
@@ -199,9 +240,9 @@ class BaseBatchTransformStep(ComputeStep):
     ) -> None:
         super().__init__(name, input_dts, output_dts, labels, executor_config)
         if chunk_size < 1:
-            raise ValueError(f"step {name!r}: chunk_size must be positive, got {chunk_size}")
+            raise ConfigError(f"step {name!r}: chunk_size must be positive, got {chunk_size}")
         if order not in ("asc", "desc"):
-            raise ValueError(f"step {name!r}: order must be 'asc' or 'desc', got {order!r}")
+            raise ConfigError(f"step {name!r}: order must be 'asc' or 'desc', got {order!r}")
         self.chunk_size = chunk_size
         self.filters = filters
         self.order_by = order_by
@@ -211,9 +252,8 @@ class BaseBatchTransformStep(ComputeStep):
         if order_by:
             bad = [c for c in order_by if c not in self.transform_keys]
             if bad:
-                raise ValueError(f"step {name!r}: order_by {bad} are not transform keys {self.transform_keys}")
+                raise ConfigError(f"step {name!r}: order_by {bad} are not transform keys {self.transform_keys}")
         self.meta = StepMeta(ds.meta_dbconn, name, self.transform_schema, create_table=ds.create_meta_table)
-        self.meta.step = self
         self.input_columns = [input_key_columns(ci.dt.meta, self.transform_keys, ci.keys) for ci in self.input_dts]
         warn_untied_inputs(name, self.transform_keys, self.input_dts, self.input_columns)
         self.changes = ChangeQuery(
@@ -224,36 +264,13 @@ class BaseBatchTransformStep(ComputeStep):
                 for ci, cols in zip(self.input_dts, self.input_columns)
             ],
         )
+        self.meta.plan(self.changes, filters, order_by, order == "desc")
 
     # ------------------------------------------------------------------ which keys
 
-    def _filters(self, run_config: Optional[RunConfig]) -> List[LabelDict]:
-        result = normalise_filters(self.filters)
-        if run_config is not None and run_config.filters:
-            run_filters = normalise_filters(run_config.filters)
-            result = [{**a, **b} for a in (result or [{}]) for b in run_filters]
-        return result
-
-    def _can_advance_watermark(self, run_config: Optional[RunConfig]) -> bool:
-        return not callable(self.filters) and not (run_config is not None and run_config.filters)
-
     def get_changed_idx(self, ds: DataStore, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
-        """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
-        self.require_upgraded()
-        snapshot = take_snapshot(ds.meta_dbconn)  # before the query: what it may miss stays unseen
-        query = self.changes.build(
-            self.changes.window_wheres(self.meta.get_watermarks()),
-            filters=self._filters(run_config),
-            order_by=self.order_by,
-            descending=self.order == "desc",
-        )
-        return self.changes.fetch(query), snapshot
-
-    def require_upgraded(self) -> None:
-        """Raise ``MetadataUpgradeRequired`` when the step's or an input's metadata predates change versions."""
-        self.meta.require_upgraded()
-        for ci in self.input_dts:
-            ci.dt.meta.require_upgraded()
+        """Keys needing processing, and the snapshot to store as the watermark once they are (see ``StepMeta``)."""
+        return self.meta.get_changed_idx(run_config)
 
     def _batches(self, idx: pd.DataFrame, chunk_size: Optional[int] = None) -> Tuple[int, Iterator[IndexDF]]:
         size = chunk_size or self.chunk_size
@@ -273,7 +290,7 @@ class BaseBatchTransformStep(ComputeStep):
         if wheres:
             query = self.changes.build(
                 wheres,
-                filters=self._filters(run_config),
+                filters=self.meta.run_filters(run_config),
                 only_unprocessed=False,
                 include_failed=False,
                 order_by=self.order_by,
@@ -313,7 +330,7 @@ class BaseBatchTransformStep(ComputeStep):
         count, batches = self._batches(idx)
         logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
         self._execute(ds, count, batches, run_config, executor, run)
-        if self._can_advance_watermark(run_config):
+        if self.meta.can_advance_watermark(run_config):
             self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
     def _run_changelist(
