@@ -34,6 +34,7 @@ from datapipe.compute import ComputeStep, DatapipeApp, run_steps
 from datapipe.executor import Executor
 from datapipe.run_callback import CompositeRunCallback, RunCallback
 from datapipe.run_config import RunConfig
+from datapipe.sql.schema import python_type
 
 logger = logging.getLogger("datapipe.cli")
 
@@ -497,9 +498,8 @@ def _typed_idx(records: List[Dict[str, Any]], step: ComputeStep) -> pd.DataFrame
     if extra:
         raise CliUsageError(f"--idx: {extra} are not keys of step {step.name!r} (keys: {keys})")
     for col in schema or []:
-        try:
-            py = col.type.python_type
-        except NotImplementedError:
+        py = python_type(col.type)
+        if py is None:
             continue
         try:
             df[str(col.name)] = df[str(col.name)].map(py)

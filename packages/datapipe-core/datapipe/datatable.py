@@ -16,6 +16,7 @@ from datapipe.errors import StoreError
 from datapipe.meta.sql_meta import TableMeta
 from datapipe.run_config import RunConfig
 from datapipe.sql.connection import DBConn
+from datapipe.sql.schema import python_type
 from datapipe.store.table_store import TableStore
 from datapipe.types import DataDF, IndexDF, MetadataDF
 
@@ -106,9 +107,8 @@ class DataTable:
 
     def _check_key_types(self, df: pd.DataFrame, where: str) -> None:
         for col in self.primary_schema:
-            try:
-                expected = col.type.python_type
-            except NotImplementedError:
+            expected = python_type(col.type)
+            if expected is None:
                 continue
             kind = df[str(col.name)].dtype.kind
             if (expected is int and kind not in "iu") or (expected is str and kind in "iufb"):

@@ -7,10 +7,12 @@ a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Tuple, TypeAlias, Union
+from typing import Any, Dict, List, Optional, Tuple, TypeAlias, Union
 
 import pandas as pd
 from sqlalchemy import Column
+
+from datapipe import keyset
 
 DataSchema = List[Column]
 MetaSchema = List[Column]
@@ -116,15 +118,13 @@ class ChangeList:
 
 
 def data_to_index(data: pd.DataFrame, primary_keys: List[str]) -> IndexDF:
+    """The key columns of a data (or metadata, or hash) frame."""
     return IndexDF(data[list(primary_keys)])
 
 
-def meta_to_index(meta: pd.DataFrame, primary_keys: List[str]) -> IndexDF:
-    return IndexDF(meta[list(primary_keys)])
-
-
-def hash_to_index(hashes: pd.DataFrame, primary_keys: List[str]) -> IndexDF:
-    return IndexDF(hashes[list(primary_keys)])
+# 0.15 names for the same projection
+meta_to_index = data_to_index
+hash_to_index = data_to_index
 
 
 def index_to_data(data: pd.DataFrame, idx: IndexDF) -> DataDF:
@@ -133,17 +133,12 @@ def index_to_data(data: pd.DataFrame, idx: IndexDF) -> DataDF:
     return DataDF(data.merge(idx.drop_duplicates(), on=keys, how="inner"))
 
 
-def _indicator_merge(a: pd.DataFrame, b: pd.DataFrame, how: Literal["left", "inner"]) -> pd.DataFrame:
-    keys = list(a.columns)
-    return a.merge(b[keys].drop_duplicates(), on=keys, how=how, indicator=True)
-
-
 def index_difference(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
     """Keys of ``idx1`` not in ``idx2``."""
+    keys = list(idx1.columns)
     if len(idx2) == 0:
         return idx1
-    merged = _indicator_merge(idx1, idx2, "left")
-    return IndexDF(merged.loc[merged["_merge"] == "left_only", list(idx1.columns)].reset_index(drop=True))
+    return IndexDF(idx1[~keyset.isin(idx1, idx2, keys)].reset_index(drop=True))
 
 
 def index_intersection(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
@@ -151,8 +146,3 @@ def index_intersection(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
     if len(idx1) == 0 or len(idx2) == 0:
         return IndexDF(idx1.iloc[0:0])
     return IndexDF(idx1.merge(idx2[list(idx1.columns)].drop_duplicates(), on=list(idx1.columns)))
-
-
-def index_union(idx1: IndexDF, idx2: IndexDF) -> IndexDF:
-    return IndexDF(pd.concat([idx1, idx2], ignore_index=True).drop_duplicates(ignore_index=True))
-

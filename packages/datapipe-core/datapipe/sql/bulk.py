@@ -31,9 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal
 
 from datapipe.errors import StoreError
+from datapipe.sql.sqla_private import bind_processor, traverse
 
 # Frames at least this long are sent as arrays on PostgreSQL (psycopg 3); smaller ones use executemany.
 UNNEST_MIN_ROWS = 20
@@ -56,7 +56,7 @@ def _processor(con: Connection, table: Table, column: str, kind: str) -> Optiona
         return None  # already Python floats/ints; SQLite's to_float would be a no-op
     if isinstance(col_type, Boolean) and kind == "b":
         return None  # Python bools bind as booleans (PostgreSQL) or 1/0 (SQLite) as they are
-    return col_type._cached_bind_processor(con.dialect)  # type: ignore[no-any-return]
+    return bind_processor(col_type, con.dialect)
 
 
 def _processed(con: Connection, table: Table, column: str, kind: str, values: List[Any]) -> List[Any]:
@@ -64,16 +64,6 @@ def _processed(con: Connection, table: Table, column: str, kind: str, values: Li
     if proc is None:
         return values
     return [None if v is None else proc(v) for v in values]
-
-
-def df_to_columns(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str]) -> List[List[Any]]:
-    """Values of each of ``columns`` as driver-ready lists (bind processors applied where the type has one)."""
-    return [_processed(con, table, c, df[c].dtype.kind, _values(df[c])) for c in columns]
-
-
-def df_to_tuples(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str]) -> List[Tuple[Any, ...]]:
-    """Rows of ``df[columns]`` as driver-ready tuples."""
-    return list(zip(*df_to_columns(con, table, df, columns)))
 
 
 def _quote(con: Connection, name: str) -> str:
@@ -296,10 +286,7 @@ class KeyIn(ColumnElement[bool]):
     type = Boolean()
     inherit_cache = True
     _is_implicitly_boolean = True  # a predicate: no "= 1" appended on dialects without native booleans
-    _traverse_internals = [
-        ("column", InternalTraversal.dp_clauseelement),
-        ("values", InternalTraversal.dp_clauseelement),
-    ]
+    _traverse_internals = traverse(("column", "clauseelement"), ("values", "clauseelement"))
 
     def __init__(self, column: Any, values: List[Any]) -> None:
         self.column = column
@@ -345,11 +332,9 @@ class KeyTupleIn(ColumnElement[bool]):
     type = Boolean()
     inherit_cache = True
     _is_implicitly_boolean = True
-    _traverse_internals = [
-        ("columns", InternalTraversal.dp_clauseelement_list),
-        ("json_rows", InternalTraversal.dp_clauseelement),
-        ("arrays", InternalTraversal.dp_clauseelement_list),
-    ]
+    _traverse_internals = traverse(
+        ("columns", "clauseelement_list"), ("json_rows", "clauseelement"), ("arrays", "clauseelement_list")
+    )
 
     def __init__(self, columns: Sequence[Any], values: Sequence[List[Any]]) -> None:
         self.columns = list(columns)

@@ -11,6 +11,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from datapipe.errors import StoreError
 from datapipe.sql.bulk import key_in, key_tuple_in
+from datapipe.sql.sqla_private import has_result_processors
 
 # Bound parameters per statement; SQLite allows 32766, PostgreSQL 65535.
 MAX_PARAMS = 16000
@@ -42,8 +43,7 @@ def fetch_rows(con: Connection, sql: Any) -> Sequence[Any]:
     """Every row of ``sql`` as the driver returns them (tuples), skipping SQLAlchemy's ``Row`` objects
     when no column has a result processor (the usual case); otherwise ``Row`` objects as usual."""
     result = con.execute(sql)
-    processors = getattr(result._metadata, "_processors", None)
-    if processors is None or any(processors) or result.cursor is None:
+    if has_result_processors(result) is not False or result.cursor is None:
         return result.fetchall()
     try:
         return result.cursor.fetchall()  # type: ignore[no-any-return]

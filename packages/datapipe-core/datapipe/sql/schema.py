@@ -16,6 +16,8 @@ from sqlalchemy import Column, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import SchemaItem
 
+from datapipe.sql import sqla_private
+
 BASIC = (int, float, str)  # types compared between a declared and an existing table
 
 
@@ -49,11 +51,10 @@ class MetaKey(SchemaItem):
 
 def copy_column(col: Column) -> Column:
     """A copy of ``col`` not bound to any table, keeping its ``MetaKey`` mark."""
-    new = col._copy()
+    new = sqla_private.copy_column(col)
     if hasattr(col, "meta_key"):
         new.meta_key = col.meta_key  # type: ignore[attr-defined]
     return new
-
 
 
 def python_type(sql_type: Any) -> Optional[type]:
