@@ -2,8 +2,8 @@
 
 They exist for speed on the hot paths (reading and writing thousands of rows per batch) and for
 custom SQL constructs. SQLAlchemy may change them in any release, so ``pyproject.toml`` caps
-SQLAlchemy below the next minor release after the tested one (2.1), and ``tests/core/test_sqla_private.py`` fails loudly if
-one of them disappears; everything else in Datapipe uses public API only.
+SQLAlchemy below the minor release after the tested one (2.1), and ``tests/core/test_sqla_private.py``
+fails loudly if one of them disappears; everything else in Datapipe uses public API only.
 """
 
 from __future__ import annotations
