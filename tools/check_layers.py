@@ -22,7 +22,8 @@ LAYERS: List[List[str]] = [
     # foundations: no datapipe imports but each other
     ["datapipe", "datapipe.errors", "datapipe.settings", "datapipe.types", "datapipe.keyset", "datapipe.hashing",
      "datapipe.store.json_codec"],
-    ["datapipe.run_config", "datapipe.run_callback"],  # what a run is told, and who listens
+    # what a run is told, who listens, and what it reports back
+    ["datapipe.run_config", "datapipe.run_callback", "datapipe.run_stats", "datapipe.run_result"],
     ["datapipe.sql", "datapipe.sql.*"],  # connections, rows and key filters, bulk writes, schema checks
     ["datapipe.store", "datapipe.store.table_store", "datapipe.store.database", "datapipe.store.filedir",
      "datapipe.store.pandas", "datapipe.store.vectors", "datapipe.meta", "datapipe.meta.*"],  # side by side
