@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, NoReturn, Optional
 
-# scheme://user:PASSWORD@ -- greedy up to the last "@" of the word, so a password holding "@" is masked whole
-_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)\S*@")
+# [scheme:]//user:PASSWORD@ -- greedy up to the last "@" of the word, so a password holding "@" is masked whole
+_URL_PASSWORD = re.compile(r"((?:[a-zA-Z][a-zA-Z0-9+.\-]*:)?//[^:/@\s]*:)\S*@")
 
 
 class DatapipeError(Exception):
