@@ -65,7 +65,7 @@ class Databases:
 
     def __enter__(self) -> Databases:
         if "postgres" in self.kinds and not self.pg_url:
-            from datapipe.tests.services import PostgresServer
+            from datapipe.testing.services import PostgresServer
 
             self.pg_server = PostgresServer().start()
             self.pg_url = self.pg_server.url
@@ -80,7 +80,7 @@ class Databases:
         self.counter += 1
         if kind == "sqlite":
             return f"sqlite:///{self.tmp}/bench_{self.counter}.db"
-        from datapipe.tests.services import create_database
+        from datapipe.testing.services import create_database
 
         assert self.pg_url is not None
         return create_database(self.pg_url, prefix="bench")

@@ -1,2 +1,2 @@
-"""Shared test configuration. Fixtures (dbconn, postgres_url, redis_url) come from the
-``datapipe.testing`` pytest plugin that datapipe-core installs."""
+"""Shared test configuration. Fixtures (dbconn, postgres_url, redis_url) come from
+``datapipe.testing.fixtures``, enabled for every suite by ``pytest.ini`` (``-p``)."""

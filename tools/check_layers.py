@@ -33,7 +33,8 @@ LAYERS: List[List[str]] = [
     ["datapipe.step", "datapipe.step.*"],
     # edges: user interfaces, plugins, test support
     ["datapipe.progress", "datapipe.tracing", "datapipe.hookspecs", "datapipe.plugins", "datapipe.builtins",
-     "datapipe.cli", "datapipe.ui", "datapipe.ui.*", "datapipe.testing", "datapipe.tests", "datapipe.tests.*",
+     "datapipe.cli", "datapipe.ui", "datapipe.ui.*", "datapipe.testing", "datapipe.testing.*", "datapipe.tests",
+     "datapipe.tests.*",
      "datapipe.store.tests", "datapipe.store.tests.*"],
 ]
 SIDE_BY_SIDE = [("datapipe.store", "datapipe.meta")]  # packages of one layer that must not import each other

@@ -300,7 +300,7 @@ def test_unknown_executor(dp):
 
 
 def test_unreachable_database_masks_password(dp):
-    from datapipe.tests.services import free_port
+    from datapipe.testing.services import free_port
 
     pytest.importorskip("psycopg")
     url = f"postgresql://alice:s3cret-pw@127.0.0.1:{free_port()}/nodb"

@@ -79,7 +79,7 @@ def test_debug_prints_traceback(tmp_path):
 
 def test_unreachable_database_with_password_subprocess(tmp_path):
     pytest.importorskip("psycopg")
-    from datapipe.tests.services import free_port
+    from datapipe.testing.services import free_port
 
     shutil.copy(HERE / "quickstart_pipeline.py", tmp_path / "app.py")
     url = f"postgresql://bob:hunter2@127.0.0.1:{free_port()}/db"

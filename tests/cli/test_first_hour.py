@@ -6,7 +6,7 @@ import pytest
 from conftest import HERE, run_datapipe
 from test_cli_commands import step_rows
 
-from datapipe.tests.services import free_port
+from datapipe.testing.services import free_port
 
 
 def test_reset_all_steps_asks_first(dp):

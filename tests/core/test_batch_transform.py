@@ -8,7 +8,7 @@ from datapipe.run_callback import RunCallback
 from datapipe.run_config import RunConfig
 from datapipe.step.batch_transform import BatchTransform, DatatableBatchTransform
 from datapipe.store.database import TableStoreDB
-from datapipe.tests.util import assert_datatable_equal, assert_df_equal
+from datapipe.testing import assert_datatable_equal, assert_df_equal
 from datapipe.types import InputSpec, OutputSpec, Required
 
 

@@ -6,7 +6,7 @@ from sqlalchemy import Column, Integer, String
 
 from datapipe.datatable import DataStore
 from datapipe.store.database import TableStoreDB
-from datapipe.tests.util import assert_datatable_equal, assert_idx_equal
+from datapipe.testing import assert_datatable_equal, assert_idx_equal
 
 
 def schema():

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from datapipe.tests.services import create_database
+from datapipe.testing.services import create_database
 
 SCRIPT = str(Path(__file__).with_name("crash_pipeline.py"))
 TABLES = ["src", "mid", "fan"]

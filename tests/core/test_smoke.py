@@ -5,7 +5,7 @@ from datapipe.compute import Catalog, Pipeline, Table, build_compute, run_steps
 from datapipe.datatable import DataStore
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import TableStoreDB
-from datapipe.tests.util import assert_datatable_equal
+from datapipe.testing import assert_datatable_equal
 
 
 def schema():
@@ -34,3 +34,13 @@ def test_one_to_one(dbconn):
     exp = pd.DataFrame({"id": range(2, 10), "a": [f"x{i}!" for i in range(2, 10)]})
     exp.loc[exp["id"] == 5, "a"] = "new!"
     assert_datatable_equal(ds.get_table("out"), exp)
+
+
+def test_0_15_test_support_paths_still_import():
+    """The 0.15 module paths of the test helpers re-export ``datapipe.testing``."""
+    from datapipe.store.tests.abstract import AbstractBaseStoreTests
+    from datapipe.testing import AbstractBaseStoreTests as kit
+    from datapipe.testing import assert_df_equal as current
+    from datapipe.tests.util import assert_df_equal
+
+    assert AbstractBaseStoreTests is kit and assert_df_equal is current

@@ -9,7 +9,7 @@ from datapipe.step.batch_generate import BatchGenerate, do_batch_generate
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.step.datatable_transform import DatatableTransform
 from datapipe.step.update_external_table import UpdateExternalTable
-from datapipe.tests.util import assert_datatable_equal, assert_idx_equal
+from datapipe.testing import assert_datatable_equal, assert_idx_equal
 from datapipe.types import ChangeList
 
 

@@ -19,8 +19,7 @@ from datapipe.store.database import TableStoreDB
 from datapipe.store.filedir import BytesFile, JSONFile, PandasParquetFile, PILFile, TableStoreFiledir
 from datapipe.store.pandas import TableStoreExcel, TableStoreJsonLine
 from datapipe.store.table_store import StoreError
-from datapipe.testing import AbstractBaseStoreTests
-from datapipe.tests.util import assert_datatable_equal, assert_df_equal
+from datapipe.testing import AbstractBaseStoreTests, assert_datatable_equal, assert_df_equal
 from datapipe.types import IndexDF
 
 _n = itertools.count()

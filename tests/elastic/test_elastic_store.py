@@ -17,8 +17,8 @@ from datapipe.datatable import DataStore  # noqa: E402
 from datapipe.step.batch_transform import BatchTransform  # noqa: E402
 from datapipe.store.database import TableStoreDB  # noqa: E402
 from datapipe.store.table_store import StoreError  # noqa: E402
-from datapipe.store.tests.abstract import AbstractBaseStoreTests  # noqa: E402
-from datapipe.tests.util import assert_datatable_equal, assert_df_equal  # noqa: E402
+from datapipe.testing import assert_datatable_equal, assert_df_equal  # noqa: E402
+from datapipe.testing.kit import AbstractBaseStoreTests  # noqa: E402
 from datapipe_elastic import ElasticStore  # noqa: E402
 
 

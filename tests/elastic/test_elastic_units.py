@@ -16,7 +16,7 @@ from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, String
 from datapipe.plugins import create_table_store, list_plugins
 from datapipe.store.json_codec import decode_column, dumps, encode_column, loads_many
 from datapipe.store.table_store import StoreError
-from datapipe.tests.services import free_port
+from datapipe.testing.services import free_port
 from datapipe_elastic import ElasticStore
 from datapipe_elastic.store import MAX_ID_BYTES, document_id_texts, hosts_of, secrets_of
 

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from datapipe.store.tests.abstract import AbstractBaseStoreTests
+from datapipe.testing.kit import AbstractBaseStoreTests
 from datapipe.types import DataSchema
 from datapipe_milvus import MilvusStore
 

@@ -16,9 +16,8 @@ from datapipe.compute import Catalog, Pipeline, Table, build_compute, run_steps
 from datapipe.datatable import DataStore
 from datapipe.plugins import PluginError, PluginRegistry, create_table_store, get_executor, list_plugins
 from datapipe.step.batch_transform import BatchTransform
-from datapipe.testing import AbstractBaseStoreTests
-from datapipe.tests.services import in_ci
-from datapipe.tests.util import assert_datatable_equal
+from datapipe.testing import AbstractBaseStoreTests, assert_datatable_equal
+from datapipe.testing.services import in_ci
 
 for _dist in ("datapipe-example-plugin", "datapipe-broken-plugin"):
     try:

@@ -16,7 +16,7 @@ from sqlalchemy import JSON, Column, Integer, String
 
 from datapipe.plugins import create_table_store, list_plugins
 from datapipe.store.table_store import StoreError
-from datapipe.tests.services import free_port
+from datapipe.testing.services import free_port
 from datapipe.types import IndexDF
 from datapipe_qdrant import CollectionParams, QdrantShardedStore, QdrantStore
 from datapipe_qdrant.convert import KEY_NAMESPACE

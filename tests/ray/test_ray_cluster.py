@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from datapipe.store.database import DBConn
-from datapipe.tests.services import free_port
+from datapipe.testing.services import free_port
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent

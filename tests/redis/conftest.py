@@ -4,74 +4,18 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List
 
 import pytest
 from sqlalchemy import Column
 
-from datapipe.tests.services import ServiceUnavailable, free_port, in_ci
+from datapipe.testing.fixtures import start_or_skip
+from datapipe.testing.services import RedisServer, free_port
 from datapipe_redis import RedisStore
 
 StoreMaker = Callable[[List[Column]], RedisStore]
-
-
-class ExtraRedisServer:
-    """A throwaway ``redis-server`` with extra arguments (``--requirepass``, cluster mode)."""
-
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="datapipe-redis-test-")
-        self.args = list(args)
-        self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> ExtraRedisServer:
-        import redis
-
-        binary = shutil.which("redis-server")
-        if not binary:
-            raise ServiceUnavailable("redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # Wait until the server answers (a readiness poll with a deadline, not a fixed sleep).
-        deadline = time.monotonic() + 10
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
-        while True:
-            if self.proc.poll() is not None:
-                raise ServiceUnavailable(f"redis-server exited with code {self.proc.returncode}")
-            try:
-                client.ping()
-                break
-            except redis.exceptions.AuthenticationError:
-                break  # up, and wants a password
-            except redis.exceptions.ResponseError as e:
-                if "NOAUTH" in str(e):
-                    break
-                raise
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise ServiceUnavailable(f"redis-server did not answer on port {self.port}") from None
-                time.sleep(0.05)
-        client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _port_free(port: int) -> bool:
@@ -85,28 +29,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _start_or_skip(server: ExtraRedisServer) -> ExtraRedisServer:
-    try:
-        return server.start()
-    except ServiceUnavailable as e:
-        server.stop()
-        if in_ci():
-            pytest.fail(f"Redis is not available: {e} (CI=true: a missing service is a failure, not a skip)")
-        pytest.skip(f"Redis is not available: {e}")
-
-
 @pytest.fixture
-def private_redis() -> Iterator[ExtraRedisServer]:
+def private_redis() -> Iterator[RedisServer]:
     """A server of the test's own (e.g. so command counts are not disturbed by anyone else)."""
-    server = _start_or_skip(ExtraRedisServer())
+    server = start_or_skip(RedisServer(), "Redis")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_password_server() -> Iterator[ExtraRedisServer]:
+def redis_password_server() -> Iterator[RedisServer]:
     """A server that requires the password ``s3cret-pw``."""
-    server = _start_or_skip(ExtraRedisServer("--requirepass", "s3cret-pw"))
+    server = start_or_skip(RedisServer("--requirepass", "s3cret-pw"), "Redis")
     yield server
     server.stop()
 
@@ -119,11 +53,11 @@ def redis_cluster_url() -> Iterator[str]:
         return
     import redis
 
-    server = ExtraRedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    server = RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
     # The cluster bus listens on port+10000: pick a port where that is valid and free (any Redis version).
     while server.port + 10000 > 65535 or not _port_free(server.port + 10000):
         server.port = free_port()
-    server = _start_or_skip(server)
+    server = start_or_skip(server, "Redis")
     client = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
     try:
         client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))

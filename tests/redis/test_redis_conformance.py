@@ -2,7 +2,7 @@
 
 import pytest
 
-from datapipe.store.tests.abstract import AbstractBaseStoreTests
+from datapipe.testing.kit import AbstractBaseStoreTests
 
 
 class TestRedisStore(AbstractBaseStoreTests):

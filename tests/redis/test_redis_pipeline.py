@@ -8,7 +8,7 @@ from datapipe.compute import Catalog, Pipeline, Table, build_compute, run_steps
 from datapipe.datatable import DataStore
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import TableStoreDB
-from datapipe.tests.util import assert_datatable_equal, assert_df_equal
+from datapipe.testing import assert_datatable_equal, assert_df_equal
 from datapipe_redis import RedisStore
 
 

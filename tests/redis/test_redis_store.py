@@ -13,7 +13,7 @@ from sqlalchemy import Column, DateTime, Float, Integer, String
 
 from datapipe.plugins import create_table_store, list_plugins
 from datapipe.store.table_store import StoreError
-from datapipe.tests.services import RedisServer, free_port
+from datapipe.testing.services import RedisServer, free_port
 from datapipe_redis import RedisStore
 from datapipe_redis.store import COMMAND_BATCH
 

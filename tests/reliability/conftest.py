@@ -28,7 +28,7 @@ def meta_url_factory(request: pytest.FixtureRequest, tmp_path: Path):
     counter = iter(range(1000))
     if request.param == "sqlite":
         return lambda: f"sqlite:///{tmp_path}/db{next(counter)}.sqlite"
-    from datapipe.tests.services import create_database
+    from datapipe.testing.services import create_database
 
     server = request.getfixturevalue("postgres_server_url")
     return lambda: create_database(server)

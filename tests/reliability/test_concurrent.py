@@ -16,7 +16,7 @@ from killer import _ctx, run_child
 
 from datapipe.meta.locks import StepLockedError, step_lock
 from datapipe.store.database import DBConn
-from datapipe.tests.util import assert_datatable_equal
+from datapipe.testing import assert_datatable_equal
 
 
 def _expect(conn: Any, kind: str) -> List[Tuple[str, Any]]:

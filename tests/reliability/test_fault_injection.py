@@ -20,7 +20,7 @@ from datapipe.datatable import DataStore
 from datapipe.step.batch_generate import BatchGenerate
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import DBConn, TableStoreDB
-from datapipe.tests.util import assert_datatable_equal, assert_df_equal
+from datapipe.testing import assert_datatable_equal, assert_df_equal
 
 
 class Crash(BaseException):

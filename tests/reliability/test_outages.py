@@ -21,8 +21,8 @@ from datapipe.datatable import DataStore
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import DBConn, TableStoreDB
 from datapipe.store.table_store import StoreError
-from datapipe.tests.services import PostgresServer, ServiceUnavailable, _wait_port, create_database, free_port, in_ci
-from datapipe.tests.util import assert_datatable_equal
+from datapipe.testing import assert_datatable_equal
+from datapipe.testing.services import PostgresServer, ServiceUnavailable, _wait_port, create_database, free_port, in_ci
 
 KEYS, CHUNK, OUTAGE_AT_BATCH = 50, 10, 3
 

@@ -17,7 +17,7 @@ from datapipe.run_config import RunConfig
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import DBConn, TableStoreDB
 from datapipe.store.table_store import StoreError
-from datapipe.tests.services import free_port
+from datapipe.testing.services import free_port
 
 PAYLOADS = [
     "x'; DROP TABLE inp; --",

@@ -1,4 +1,4 @@
-"""Pytest plugin shipped with datapipe-core (entry point ``pytest11: datapipe``).
+"""Opt-in pytest fixtures: ``pytest_plugins = ["datapipe.testing.fixtures"]`` in a top-level conftest.py.
 
 Fixtures:
 
@@ -12,28 +12,32 @@ Fixtures:
 ``redis_url``
     session-wide Redis: ``REDIS_URL`` if set, else a throwaway ``redis-server``.
 
-The store conformance kit is ``datapipe.store.tests.abstract.AbstractBaseStoreTests``, also importable
-as ``from datapipe.testing import AbstractBaseStoreTests`` (see that module for how to use it).
+Missing services skip (or, under ``CI=true``, fail) through ``start_or_skip``, which store test
+suites with servers of their own use too.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import pytest
 
-from datapipe.store.tests.abstract import AbstractBaseStoreTests
-from datapipe.tests.services import PostgresServer, RedisServer, ServiceUnavailable, create_database, in_ci
+from datapipe.testing.services import PostgresServer, RedisServer, ServiceUnavailable, create_database, in_ci
 
-__all__ = ["AbstractBaseStoreTests"]
+Server = TypeVar("Server", PostgresServer, RedisServer)
 
 
-def _unavailable(what: str, error: Exception) -> None:
-    message = f"{what} is not available: {error}"
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: a missing service is a failure, not a skip)")
-    pytest.skip(message)
+def start_or_skip(server: Server, what: str) -> Server:
+    """``server.start()``, or skip the test when the service cannot run here (fail under ``CI=true``)."""
+    try:
+        return server.start()
+    except ServiceUnavailable as e:
+        server.stop()
+        message = f"{what} is not available: {e}"
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: a missing service is a failure, not a skip)")
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +45,7 @@ def postgres_server_url() -> Iterator[str]:
     if os.environ.get("POSTGRES_URL"):
         yield os.environ["POSTGRES_URL"]
         return
-    server = PostgresServer()
-    try:
-        server.start()
-    except ServiceUnavailable as e:
-        server.stop()
-        _unavailable("PostgreSQL", e)
+    server = start_or_skip(PostgresServer(), "PostgreSQL")
     yield server.url
     server.stop()
 
@@ -73,11 +72,6 @@ def redis_url() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    server = RedisServer()
-    try:
-        server.start()
-    except ServiceUnavailable as e:
-        server.stop()
-        _unavailable("Redis", e)
+    server = start_or_skip(RedisServer(), "Redis")
     yield server.url
     server.stop()
