@@ -26,8 +26,8 @@ from sqlalchemy import Column
 from datapipe.errors import mask_url
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import decode_frame, dumps, empty_frame, encode_column
-from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
-from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
+from datapipe.store.table_store import SchemaStore, StoreError, TableStoreCaps
+from datapipe.types import DataDF, DataSchema, IndexDF
 
 # Elasticsearch rejects ``_id`` values longer than 512 bytes.
 MAX_ID_BYTES = 512
@@ -101,7 +101,7 @@ def secrets_of(es_kwargs: Mapping[str, Any]) -> List[str]:
     return [s for s in secrets if s]
 
 
-class ElasticStore(TableStore):
+class ElasticStore(SchemaStore):
     """A table stored as documents of the Elasticsearch index ``index`` (see the module docstring).
 
     ``es_kwargs`` are passed to ``elasticsearch.Elasticsearch`` (``hosts``, ``basic_auth``, ``api_key``,
@@ -113,6 +113,7 @@ class ElasticStore(TableStore):
     """
 
     caps = TableStoreCaps()
+    init_args = ("index", "data_sql_schema", "es_kwargs", "key_name_remapping", "mapping")
 
     def __init__(
         self,
@@ -125,36 +126,20 @@ class ElasticStore(TableStore):
         if not isinstance(index, str) or not index:
             raise ValueError(f"ElasticStore: index must be a non-empty string, got {index!r}")
         self.index = index
-        self.data_sql_schema: List[Column] = list(data_sql_schema)
+        self.init_schema(f"ElasticStore {index!r}", data_sql_schema)
         self.es_kwargs = dict(es_kwargs)
         self.key_name_remapping = dict(key_name_remapping or {})
         self.mapping = mapping
         self._client: Any = None
         self._index_ready = False
-        self._columns = [str(c.name) for c in self.data_sql_schema]
-        self._key_columns = [c for c in self.data_sql_schema if c.primary_key]
-        if not self._key_columns:
-            raise ValueError(f"ElasticStore {index!r}: data_sql_schema has no primary_key column")
-        unknown = [c for c in self.key_name_remapping if c not in self._columns]
+        unknown = [c for c in self.key_name_remapping if c not in self.columns]
         if unknown:
             raise ValueError(f"ElasticStore {index!r}: key_name_remapping names unknown column(s) {unknown}")
-        self._fields = {c: self.key_name_remapping.get(c, c) for c in self._columns}
+        self._fields = {c: self.key_name_remapping.get(c, c) for c in self.columns}
         if len(set(self._fields.values())) != len(self._fields):
             raise ValueError(f"ElasticStore {index!r}: key_name_remapping maps two columns to one field")
 
     # ---------------------------------------------------------------- pickling and description
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {
-            "index": self.index,
-            "data_sql_schema": self.data_sql_schema,
-            "es_kwargs": self.es_kwargs,
-            "key_name_remapping": self.key_name_remapping,
-            "mapping": self.mapping,
-        }
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
 
     @property
     def address(self) -> str:
@@ -164,17 +149,6 @@ class ElasticStore(TableStore):
 
     def describe(self) -> str:
         return f"ElasticStore({self.index!r} at {self.address})"
-
-    # ---------------------------------------------------------------- schema
-
-    def get_primary_schema(self) -> DataSchema:
-        return list(self._key_columns)
-
-    def get_meta_schema(self) -> MetaSchema:
-        return [c for c in self.data_sql_schema if hasattr(c, "meta_key")]
-
-    def get_schema(self) -> DataSchema:
-        return list(self.data_sql_schema)
 
     # ---------------------------------------------------------------- client and errors
 
@@ -237,20 +211,6 @@ class ElasticStore(TableStore):
 
     # ---------------------------------------------------------------- documents
 
-    def _check_columns(self, df: pd.DataFrame, keys_only: bool = False) -> None:
-        keys = self.primary_keys
-        missing = [k for k in keys if k not in df.columns]
-        if missing:
-            what = "index" if keys_only else "rows"
-            raise ValueError(f"{self.describe()}: {what} missing key column(s) {missing} (got {list(df.columns)})")
-        if not keys_only:
-            unknown = [c for c in df.columns if c not in self._columns]
-            if unknown:
-                raise ValueError(f"{self.describe()}: unknown column(s) {unknown}; the table has {self._columns}")
-        null = [k for k in keys if df[k].isna().any()]
-        if null:
-            raise ValueError(f"{self.describe()}: null values in key column(s) {null}")
-
     def _encode(self, df: pd.DataFrame, columns: Sequence[Column]) -> Dict[str, List[Any]]:
         try:
             return {str(c.name): encode_column(df[str(c.name)], c) for c in columns if str(c.name) in df.columns}
@@ -259,8 +219,8 @@ class ElasticStore(TableStore):
 
     def document_ids(self, df: pd.DataFrame) -> List[str]:
         """The ``_id`` of each row of ``df`` (from its primary-key columns)."""
-        encoded = self._encode(df, self._key_columns)
-        return document_id_texts([encoded[str(c.name)] for c in self._key_columns])
+        encoded = self._encode(df, self.key_columns)
+        return document_id_texts([encoded[str(c.name)] for c in self.key_columns])
 
     def documents(self, df: pd.DataFrame) -> List[Dict[str, Any]]:
         """The document body of each row of ``df``: every column under its field name."""
@@ -298,7 +258,7 @@ class ElasticStore(TableStore):
     def insert_rows(self, df: DataDF) -> None:
         if len(df) == 0:
             return
-        self._check_columns(df)
+        self.check_columns(df)
         ids = self.document_ids(df)
         docs = self.documents(df)
         self.ensure_index()
@@ -308,7 +268,7 @@ class ElasticStore(TableStore):
     def delete_rows(self, idx: IndexDF) -> None:
         if len(idx) == 0:
             return
-        self._check_columns(idx, keys_only=True)
+        self.check_columns(idx, keys_only=True)
         ids = self.document_ids(idx)
         actions = [{"_op_type": "delete", "_index": self.index, "_id": i} for i in ids]
         self._bulk(actions, f"deleting {len(idx)} documents", ignore_missing=True)
@@ -321,7 +281,7 @@ class ElasticStore(TableStore):
             return DataDF(pd.concat(chunks, ignore_index=True)) if len(chunks) > 1 else chunks[0]
         if len(idx) == 0:
             return DataDF(empty_frame(self.data_sql_schema))
-        self._check_columns(idx, keys_only=True)
+        self.check_columns(idx, keys_only=True)
         ids = list(dict.fromkeys(self.document_ids(idx)))
         from elasticsearch import NotFoundError
 

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pandas as pd
-from sqlalchemy import Column
 
 from datapipe.errors import mask_url, redact
 from datapipe.run_config import RunConfig
@@ -32,14 +31,14 @@ from datapipe.store.json_codec import (
     json_texts,
     loads_many,
 )
-from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
-from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
+from datapipe.store.table_store import SchemaStore, StoreError, TableStoreCaps
+from datapipe.types import DataDF, DataSchema, IndexDF
 
 # Fields per HSET/HMGET/HDEL command: big enough to amortise, small enough not to block the server.
 COMMAND_BATCH = 5000
 
 
-class RedisStore(TableStore):
+class RedisStore(SchemaStore):
     """A table stored in the Redis hash ``name`` (one field per row; see the module docstring).
 
     ``connection`` is a redis URL (``redis://[:password@]host:port/db``, ``rediss://`` for TLS);
@@ -50,6 +49,7 @@ class RedisStore(TableStore):
     """
 
     caps = TableStoreCaps()
+    init_args = ("connection", "name", "data_sql_schema", "cluster_mode", "password")
 
     def __init__(
         self,
@@ -69,29 +69,12 @@ class RedisStore(TableStore):
             )
         self.connection = connection
         self.name = name
-        self.data_sql_schema: List[Column] = list(data_sql_schema)
+        self.init_schema(f"RedisStore {name!r}", data_sql_schema)
         self.cluster_mode = cluster_mode
         self.password = password
         self._client: Any = None
-        self._key_columns = [c for c in self.data_sql_schema if c.primary_key]
-        self._value_columns = [c for c in self.data_sql_schema if not c.primary_key]
-        if not self._key_columns:
-            raise ValueError(f"RedisStore {name!r}: data_sql_schema has no primary_key column")
-        self._columns = [str(c.name) for c in self.data_sql_schema]
 
     # ---------------------------------------------------------------- pickling and description
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {
-            "connection": self.connection,
-            "name": self.name,
-            "data_sql_schema": self.data_sql_schema,
-            "cluster_mode": self.cluster_mode,
-            "password": self.password,
-        }
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
 
     @property
     def address(self) -> str:
@@ -101,17 +84,6 @@ class RedisStore(TableStore):
     def describe(self) -> str:
         mode = ", cluster" if self.cluster_mode else ""
         return f"RedisStore({self.name!r} at {self.address}{mode})"
-
-    # ---------------------------------------------------------------- schema
-
-    def get_primary_schema(self) -> DataSchema:
-        return list(self._key_columns)
-
-    def get_meta_schema(self) -> MetaSchema:
-        return [c for c in self.data_sql_schema if hasattr(c, "meta_key")]
-
-    def get_schema(self) -> DataSchema:
-        return list(self.data_sql_schema)
 
     # ---------------------------------------------------------------- client and errors
 
@@ -160,31 +132,17 @@ class RedisStore(TableStore):
 
     # ---------------------------------------------------------------- key encoding
 
-    def _check_columns(self, df: pd.DataFrame, keys_only: bool = False) -> None:
-        keys = self.primary_keys
-        missing = [k for k in keys if k not in df.columns]
-        if missing:
-            what = "index" if keys_only else "rows"
-            raise ValueError(f"{self.describe()}: {what} missing key column(s) {missing} (got {list(df.columns)})")
-        if not keys_only:
-            unknown = [c for c in df.columns if c not in self._columns]
-            if unknown:
-                raise ValueError(f"{self.describe()}: unknown column(s) {unknown}; the table has {self._columns}")
-        null = [k for k in keys if df[k].isna().any()]
-        if null:
-            raise ValueError(f"{self.describe()}: null values in key column(s) {null}")
-
     def encode_fields(self, df: pd.DataFrame) -> List[str]:
         """The hash field of each row of ``df``: the JSON array of its key values."""
         try:
-            texts = [json_texts(encode_column(df[str(c.name)], c), c) for c in self._key_columns]
+            texts = [json_texts(encode_column(df[str(c.name)], c), c) for c in self.key_columns]
         except ValueError as e:
             raise ValueError(f"{self.describe()}: {e}") from e
         return json_arrays(texts)
 
     def encode_values(self, df: pd.DataFrame) -> List[str]:
         """The hash value of each row of ``df``: the JSON object of its non-key columns."""
-        present = [c for c in self._value_columns if str(c.name) in df.columns]
+        present = [c for c in self.value_columns if str(c.name) in df.columns]
         try:
             texts = [json_texts(encode_column(df[str(c.name)], c), c) for c in present]
         except ValueError as e:
@@ -200,9 +158,9 @@ class RedisStore(TableStore):
         key_rows = loads_many(fields)
         value_rows = loads_many(values)
         columns: Dict[str, List[Any]] = {}
-        for i, col in enumerate(self._key_columns):
+        for i, col in enumerate(self.key_columns):
             columns[str(col.name)] = [row[i] for row in key_rows]
-        for col in self._value_columns:
+        for col in self.value_columns:
             name = str(col.name)
             columns[name] = [row.get(name) for row in value_rows]
         return DataDF(decode_frame(columns, self.data_sql_schema))
@@ -212,7 +170,7 @@ class RedisStore(TableStore):
     def insert_rows(self, df: DataDF) -> None:
         if len(df) == 0:
             return
-        self._check_columns(df)
+        self.check_columns(df)
         fields = self.encode_fields(df)
         values = self.encode_values(df)
         with self._errors(f"writing {len(df)} rows"):
@@ -225,7 +183,7 @@ class RedisStore(TableStore):
     def delete_rows(self, idx: IndexDF) -> None:
         if len(idx) == 0:
             return
-        self._check_columns(idx, keys_only=True)
+        self.check_columns(idx, keys_only=True)
         fields = self.encode_fields(idx)
         with self._errors(f"deleting {len(idx)} rows"):
             pipe = self.client.pipeline(transaction=False)
@@ -245,7 +203,7 @@ class RedisStore(TableStore):
             return DataDF(df.drop_duplicates(self.primary_keys, keep="last", ignore_index=True))
         if len(idx) == 0:
             return DataDF(empty_frame(self.data_sql_schema))
-        self._check_columns(idx, keys_only=True)
+        self.check_columns(idx, keys_only=True)
         fields = list(dict.fromkeys(self.encode_fields(idx)))
         with self._errors(f"reading {len(fields)} rows"):
             pipe = self.client.pipeline(transaction=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Union
 
 import pandas as pd
 from sqlalchemy import Column, String
@@ -19,7 +19,8 @@ from datapipe.errors import StoreError
 from datapipe.run_config import RunConfig
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema, data_to_index, index_to_data
 
-__all__ = ["StoreError", "TableDataSingleFileStore", "TableStore", "TableStoreCaps"]  # StoreError: re-exported
+# StoreError is re-exported from datapipe.errors
+__all__ = ["SchemaStore", "StoreError", "TableDataSingleFileStore", "TableStore", "TableStoreCaps"]
 
 if TYPE_CHECKING:
     from datapipe.sql.connection import DBConn
@@ -132,6 +133,58 @@ class TableStore(ABC):
         their keys noted before each write (see ``TableMeta.record_write_intent``).
         """
         return False
+
+
+class SchemaStore(TableStore):
+    """A ``TableStore`` whose columns are declared as SQLAlchemy ``Column``\\ s (``data_sql_schema``).
+
+    Gives backends what they would otherwise each write again: the schema methods, checks of a
+    frame's columns against the declaration (``check_columns``), and pickling by constructor
+    arguments (a subclass lists them in ``init_args``; unpickling calls ``__init__`` again, so
+    clients and connections are recreated in the worker). Call ``init_schema`` from ``__init__``.
+    """
+
+    init_args: ClassVar[Tuple[str, ...]] = ()
+    data_sql_schema: List[Column]
+
+    def init_schema(self, label: str, data_sql_schema: DataSchema) -> None:
+        """Keep ``data_sql_schema``; ``label`` (e.g. ``"RedisStore 'items'"``) names the store in errors."""
+        self.data_sql_schema = list(data_sql_schema)
+        self.columns = [str(c.name) for c in self.data_sql_schema]
+        self.key_columns = [c for c in self.data_sql_schema if c.primary_key]
+        self.value_columns = [c for c in self.data_sql_schema if not c.primary_key]
+        if not self.key_columns:
+            raise ValueError(f"{label}: data_sql_schema has no primary_key column")
+
+    def get_primary_schema(self) -> DataSchema:
+        return list(self.key_columns)
+
+    def get_meta_schema(self) -> MetaSchema:
+        return [c for c in self.data_sql_schema if hasattr(c, "meta_key")]
+
+    def get_schema(self) -> DataSchema:
+        return list(self.data_sql_schema)
+
+    def check_columns(self, df: pd.DataFrame, keys_only: bool = False) -> None:
+        """Raise ``ValueError`` for missing or null key columns, and (unless ``keys_only``) unknown columns."""
+        keys = self.primary_keys
+        missing = [k for k in keys if k not in df.columns]
+        if missing:
+            what = "index" if keys_only else "rows"
+            raise ValueError(f"{self.describe()}: {what} missing key column(s) {missing} (got {list(df.columns)})")
+        if not keys_only:
+            unknown = [c for c in df.columns if c not in self.columns]
+            if unknown:
+                raise ValueError(f"{self.describe()}: unknown column(s) {unknown}; the table has {self.columns}")
+        null = [k for k in keys if df[k].isna().any()]
+        if null:
+            raise ValueError(f"{self.describe()}: null values in key column(s) {null}")
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in self.init_args}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
 
 
 class TableDataSingleFileStore(TableStore):
