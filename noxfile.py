@@ -42,7 +42,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff + mypy over the core and every package."""
-    session.install("ruff", "mypy", "pandas-stubs", "-e", f"{CORE}[postgres]")
+    session.install("ruff", "mypy", "pandas-stubs", "pytest", "-e", f"{CORE}[postgres]")
     session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "tools", "noxfile.py")
     session.run("python", "tools/check_layers.py")  # no upward import, no import cycle in the core
     session.run(

@@ -17,14 +17,14 @@ Every error Datapipe raises on purpose derives from ``DatapipeError``:
     a step's batch failed; carries the step name, the failing keys and the original exception.
 
 Secrets never travel in exceptions: messages go through ``redact``, and an exception whose
-message was redacted is raised ``from None`` (see ``raise_redacted``) so that the original,
+message was redacted is raised ``from None`` (see ``redacted``) so that the original,
 which may still carry the secret, is not chained to it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, NoReturn, Optional
+from typing import Any, Iterable, Optional, TypeVar
 
 # [scheme:]//user:PASSWORD@ -- greedy up to the last "@" of the word, so a password holding "@" is masked whole
 _URL_PASSWORD = re.compile(r"((?:[a-zA-Z][a-zA-Z0-9+.\-]*:)?//[^:/@\s]*:)\S*@")
@@ -32,6 +32,9 @@ _URL_PASSWORD = re.compile(r"((?:[a-zA-Z][a-zA-Z0-9+.\-]*:)?//[^:/@\s]*:)\S*@")
 
 class DatapipeError(Exception):
     """Base class of the errors Datapipe raises on purpose."""
+
+
+E = TypeVar("E", bound=DatapipeError)
 
 
 class ConfigError(DatapipeError, ValueError):
@@ -70,6 +73,7 @@ def redact(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
     return text
 
 
-def raise_redacted(error: type[DatapipeError], message: str, secrets: Iterable[Optional[str]] = ()) -> NoReturn:
-    """Raise ``error(redact(message, secrets))`` without chaining the exception being handled."""
-    raise error(redact(message, secrets)) from None
+def redacted(error: type[E], message: str, secrets: Iterable[Optional[str]] = ()) -> E:
+    """``error(redact(message, secrets))``; raise it ``from None`` so the original exception, which may
+    still carry the secret, is not chained to it."""
+    return error(redact(message, secrets))

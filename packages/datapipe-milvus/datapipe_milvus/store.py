@@ -10,7 +10,7 @@ import pandas as pd
 from pymilvus import DataType, MilvusClient
 from sqlalchemy import Column, String
 
-from datapipe.errors import StoreError, raise_redacted
+from datapipe.errors import StoreError, redacted
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import ANY, BOOL, BYTES, DATE, DATETIME, FLOAT, INT, STR, column_kind
 from datapipe.store.table_store import TableStore, TableStoreCaps
@@ -197,11 +197,8 @@ class MilvusStore(TableStore):
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - any client/server failure becomes a StoreError
-            raise_redacted(
-                StoreError,
-                f"MilvusStore: {op} on collection {self.name!r} at {self.address} failed: {type(e).__name__}: {e}",
-                [self.token],
-            )
+            message = f"MilvusStore: {op} on collection {self.name!r} at {self.address} failed: {type(e).__name__}: {e}"
+            raise redacted(StoreError, message, [self.token]) from None  # the original may carry the token
 
     def _varchar_length(self, col: Column) -> int:
         length = getattr(col.type, "length", None) if isinstance(col.type, String) else None

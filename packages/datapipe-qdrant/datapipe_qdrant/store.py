@@ -327,6 +327,57 @@ class _QdrantBase(TableStore):
         return pd.concat(frames, ignore_index=True)
 
 
+    # ---------------------------------------------------------------- routing (one or many collections)
+
+    def _groups(self, df: pd.DataFrame) -> Iterator[Tuple[str, pd.DataFrame]]:
+        """``(collection, rows)`` pairs: where each row of ``df`` lives."""
+        raise NotImplementedError
+
+    def _collections(self) -> List[str]:
+        """Every collection this store's rows may be in."""
+        raise NotImplementedError
+
+    def insert_rows(self, df: DataDF) -> None:
+        """Upsert ``df``'s rows as points, ``batch_size`` per request, into their collections."""
+        if len(df) == 0:
+            return
+        self._check_columns(df, [str(c.name) for c in self.schema], "insert_rows data")
+        if df.duplicated(self.pk_fields).any():
+            raise ValueError(f"{self.describe()}: insert_rows data has duplicate primary keys")
+        for collection, part in self._groups(df):
+            self._upsert(collection, part)
+
+    def delete_rows(self, idx: IndexDF) -> None:
+        """Delete the points of ``idx``'s keys; missing keys are ignored."""
+        if len(idx) == 0:
+            return
+        self._check_columns(idx, self.pk_fields, "delete_rows index")
+        for collection, part in self._groups(idx):
+            self._delete(collection, part)
+
+    def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
+        """Points for ``idx``'s keys (retrieve by id), or every point (scroll) when ``idx`` is None."""
+        if idx is None:
+            frames = [f for coll in self._collections() for f in self._scroll(coll, self.batch_size)]
+            return DataDF(self._concat(frames))
+        if len(idx) == 0:
+            return DataDF(self._frame([]))
+        self._check_columns(idx, self.pk_fields, "read_rows index")
+        return DataDF(self._concat([self._retrieve(coll, part) for coll, part in self._groups(idx)]))
+
+    def read_rows_meta_pseudo_df(
+        self, chunksize: int = 1000, run_config: Optional[RunConfig] = None
+    ) -> Iterator[DataDF]:
+        """Every point, one scroll page of ``chunksize`` points at a time."""
+        empty = True
+        for collection in self._collections():
+            for frame in self._scroll(collection, chunksize):
+                empty = False
+                yield DataDF(frame)
+        if empty:
+            yield DataDF(self._frame([]))
+
+
 class QdrantStore(_QdrantBase):
     """A table stored as the points of one Qdrant collection.
 
@@ -371,41 +422,11 @@ class QdrantStore(_QdrantBase):
     def describe(self) -> str:
         return f"QdrantStore(collection={self.name!r}, {self.address})"
 
-    def insert_rows(self, df: DataDF) -> None:
-        """Upsert ``df``'s rows as points, ``batch_size`` per request."""
-        if len(df) == 0:
-            return
-        self._check_columns(df, [str(c.name) for c in self.schema], "insert_rows data")
-        if df.duplicated(self.pk_fields).any():
-            raise ValueError(f"{self.describe()}: insert_rows data has duplicate primary keys")
-        self._upsert(self.name, df)
+    def _groups(self, df: pd.DataFrame) -> Iterator[Tuple[str, pd.DataFrame]]:
+        yield self.name, df
 
-    def delete_rows(self, idx: IndexDF) -> None:
-        """Delete the points of ``idx``'s keys; missing keys are ignored."""
-        if len(idx) == 0:
-            return
-        self._check_columns(idx, self.pk_fields, "delete_rows index")
-        self._delete(self.name, idx)
-
-    def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
-        """Points for ``idx``'s keys (retrieve by id), or every point (scroll) when ``idx`` is None."""
-        if idx is None:
-            return DataDF(self._concat(list(self._scroll(self.name, self.batch_size))))
-        if len(idx) == 0:
-            return DataDF(self._frame([]))
-        self._check_columns(idx, self.pk_fields, "read_rows index")
-        return DataDF(self._retrieve(self.name, idx))
-
-    def read_rows_meta_pseudo_df(
-        self, chunksize: int = 1000, run_config: Optional[RunConfig] = None
-    ) -> Iterator[DataDF]:
-        """Every point, one scroll page of ``chunksize`` points at a time."""
-        empty = True
-        for frame in self._scroll(self.name, chunksize):
-            empty = False
-            yield DataDF(frame)
-        if empty:
-            yield DataDF(self._frame([]))
+    def _collections(self) -> List[str]:
+        return [self.name]
 
     def search(
         self,
@@ -465,7 +486,8 @@ class QdrantShardedStore(_QdrantBase):
             values = values if isinstance(values, tuple) else (values,)
             yield self.collection_name(dict(zip(self.shard_fields, values))), part
 
-    def _matching_collections(self) -> List[str]:
+    def _collections(self) -> List[str]:
+        """Every existing collection that matches ``name_pattern``."""
         pieces = []
         for literal, field_name, _, _ in string.Formatter().parse(self.name_pattern):
             pieces.append(re.escape(literal))
@@ -474,46 +496,6 @@ class QdrantShardedStore(_QdrantBase):
         regex = re.compile("^" + "".join(pieces) + "$")
         response = self._call("get_collections", self.name_pattern)
         return sorted(c.name for c in response.collections if regex.match(c.name))
-
-    def insert_rows(self, df: DataDF) -> None:
-        """Upsert ``df``'s rows, grouped by shard into their collections."""
-        if len(df) == 0:
-            return
-        self._check_columns(df, [str(c.name) for c in self.schema], "insert_rows data")
-        if df.duplicated(self.pk_fields).any():
-            raise ValueError(f"{self.describe()}: insert_rows data has duplicate primary keys")
-        for collection, part in self._groups(df):
-            self._upsert(collection, part)
-
-    def delete_rows(self, idx: IndexDF) -> None:
-        """Delete the points of ``idx``'s keys from their shards' collections."""
-        if len(idx) == 0:
-            return
-        self._check_columns(idx, self.pk_fields, "delete_rows index")
-        for collection, part in self._groups(idx):
-            self._delete(collection, part)
-
-    def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
-        """Points for ``idx``'s keys from their shards, or every point of every matching collection."""
-        if idx is None:
-            frames = [f for coll in self._matching_collections() for f in self._scroll(coll, self.batch_size)]
-            return DataDF(self._concat(frames))
-        if len(idx) == 0:
-            return DataDF(self._frame([]))
-        self._check_columns(idx, self.pk_fields, "read_rows index")
-        return DataDF(self._concat([self._retrieve(coll, part) for coll, part in self._groups(idx)]))
-
-    def read_rows_meta_pseudo_df(
-        self, chunksize: int = 1000, run_config: Optional[RunConfig] = None
-    ) -> Iterator[DataDF]:
-        """Every point of every matching collection, one scroll page at a time."""
-        empty = True
-        for collection in self._matching_collections():
-            for frame in self._scroll(collection, chunksize):
-                empty = False
-                yield DataDF(frame)
-        if empty:
-            yield DataDF(self._frame([]))
 
     def search(
         self,
