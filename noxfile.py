@@ -9,7 +9,7 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
-    "lint", "docs", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability",
+    "lint", "docs", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability", "ui",
 ]
 
 CORE = "./packages/datapipe-core"
@@ -127,3 +127,12 @@ def reliability(session: nox.Session) -> None:
     install_core(session)
     session.install("redis", "-e", "./packages/datapipe-redis")
     session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", "--timeout", "900", *session.posargs)
+
+
+@nox.session
+def ui(session: nox.Session) -> None:
+    """`datapipe ui` (the web view): JSON API tests, and browser tests in headless Debian chromium
+    (Playwright drives /usr/bin/chromium; no browser download). Screenshots go to tests/ui/artifacts/."""
+    install_core(session, "ui,postgres,image")
+    session.install("httpx", "playwright")
+    session.run("pytest", "tests/ui", "--timeout", "300", *session.posargs)

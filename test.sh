@@ -4,8 +4,8 @@
 #   ./test.sh                 # every default session (what CI runs)
 #   ./test.sh -s core docs    # some sessions; arguments go to nox
 #
-# Installs, when missing: redis-server and PostgreSQL binaries (apt-get; needs root or sudo),
-# and nox (pip). The test fixtures start throwaway PostgreSQL and Redis servers from those
+# Installs, when missing: redis-server, PostgreSQL binaries and chromium (for the ui session's
+# browser tests) (apt-get; needs root or sudo), and nox (pip). The test fixtures start throwaway PostgreSQL and Redis servers from those
 # binaries, so nothing needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,6 +26,7 @@ command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install postgresql
 fi
+command -v chromium >/dev/null 2>&1 || apt_install chromium
 python3 -m nox --version >/dev/null 2>&1 || python3 -m pip install -q --upgrade nox
 
 exec python3 -m nox "$@"

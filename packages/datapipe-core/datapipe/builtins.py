@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
 from datapipe.hookspecs import Factory, hookimpl
 from datapipe.run_callback import RunCallback
+
+if TYPE_CHECKING:
+    import click
 
 
 @hookimpl
@@ -29,3 +32,11 @@ def datapipe_executors() -> Dict[str, Factory]:
 @hookimpl
 def datapipe_run_callbacks() -> List[RunCallback]:
     return []
+
+
+@hookimpl
+def datapipe_cli(cli: click.Group) -> None:
+    """``datapipe ui`` (the web view; Starlette is imported only when it runs)."""
+    from datapipe.ui.command import ui
+
+    cli.add_command(ui)

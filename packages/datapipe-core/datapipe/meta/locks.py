@@ -23,6 +23,9 @@ What the second runner does is chosen by ``DATAPIPE_STEP_LOCK`` (read at every s
     raise ``StepLockedError`` at once.
 ``off``
     take no lock (only for setups that guarantee a single runner themselves).
+
+``step_is_running`` tells whether some process holds a step's lock (the web view shows it as
+"running") without taking the lock, so looking never delays or fails a runner.
 """
 
 from __future__ import annotations
@@ -211,3 +214,64 @@ def step_lock(dbconn: DBConn, step: str, mode: Optional[str] = None) -> Iterator
         yield
     finally:
         lock.release()
+
+
+def _flock_held(path: str) -> bool:
+    """Whether any process holds a ``flock`` on ``path``, read from ``/proc/locks`` (Linux).
+
+    Elsewhere, fall back to a non-blocking shared-lock probe released at once.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return _probe_flock(path)
+    inode = f":{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        if "FLOCK" in parts and "->" not in parts and any(p.endswith(inode) for p in parts):
+            device = next(p for p in parts if p.endswith(inode))
+            major, minor, _ = device.split(":")
+            if (int(major, 16), int(minor, 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
+                return True
+    return False
+
+
+def _probe_flock(path: str) -> bool:  # pragma: no cover - not Linux
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def step_is_running(dbconn: DBConn, step: str) -> bool:
+    """Whether some process (this one included) holds the run lock of ``step`` right now.
+
+    PostgreSQL: looks the advisory lock up in ``pg_locks``; SQLite: looks for a ``flock`` on the
+    step's lock file. Never takes the lock. Always False where runs take no lock (in-memory
+    SQLite, other databases).
+    """
+    dialect = dbconn.con.dialect.name
+    if dialect == "postgresql":
+        key = advisory_key(dbconn, step) & 0xFFFFFFFFFFFFFFFF
+        sql = text(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = :hi AND objid = :lo AND objsubid = 1 AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        with dbconn.read() as con:
+            return con.execute(sql, {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).first() is not None
+    if dialect == "sqlite":
+        path = _sqlite_lock_path(dbconn, step)
+        return path is not None and _flock_held(path)
+    return False

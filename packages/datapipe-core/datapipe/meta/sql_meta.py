@@ -365,6 +365,27 @@ class TransformMeta:
         with self.dbconn.begin() as con:
             return [str(r[0]) for r in con.execute(sql).fetchall()]
 
+    def get_failed(self, limit: Optional[int] = None) -> pd.DataFrame:
+        """Keys whose last attempt failed, with ``process_ts`` and ``error``, latest first
+        (at most ``limit``); reads the partial index on failed keys only."""
+        t = self.sql_table
+        columns = [*self.primary_keys, "process_ts", "error"]
+        sql = self._failed_sql(columns).order_by(t.c.process_ts.desc())
+        if limit is not None:
+            sql = sql.limit(limit)
+        with self.dbconn.read() as con:
+            return rows_to_df(con.execute(sql).fetchall(), columns)
+
+    def _failed_sql(self, columns: Sequence[str]) -> Any:
+        t = self.sql_table
+        return select(*[t.c[c] for c in columns]).where(t.c.is_success.is_(False))
+
+    def get_failed_idx(self) -> IndexDF:
+        """Every key whose last attempt failed."""
+        with self.dbconn.read() as con:
+            rows = con.execute(self._failed_sql(self.primary_keys)).fetchall()
+        return IndexDF(rows_to_df(rows, self.primary_keys))
+
     def get_watermarks(self) -> Dict[str, Snapshot]:
         return self.watermarks.get()
 

@@ -20,6 +20,7 @@ import inspect
 import logging
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -155,6 +156,18 @@ def warn_untied_inputs(
             ci.name,
             ci.name,
         )
+
+
+def error_with_traceback(text: str, error: BaseException, limit: int = 4000) -> str:
+    """``text`` (the error's one-line summary) and, after a blank line, its traceback, within ``limit``
+    characters: the innermost frames are kept when the traceback is too long."""
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    room = limit - len(text) - 2
+    if room <= 0:
+        return text[:limit]
+    if len(trace) > room:
+        trace = "...\n" + trace[-(room - 4) :]
+    return f"{text}\n\n{trace}"
 
 
 def normalise_filters(filters: Filters) -> List[LabelDict]:
@@ -372,7 +385,7 @@ class BaseBatchTransformStep(ComputeStep):
         text = f"{type(error).__name__}: {error}"
         logger.error("step %s: batch of %d keys failed: %s", self.name, len(idx), text)
         attach_failure(error, idx)
-        self.meta.mark_failed(idx, time.time(), text)
+        self.meta.mark_failed(idx, time.time(), error_with_traceback(text, error))
         if run_config.callback is not None:
             run_config.callback.on_step_error(self, error)
         if run_config.fail_fast:
