@@ -90,14 +90,18 @@ def test_pending_after_a_change(failing_app, serve, client):
 
 def test_failed_step_page_has_keys_and_tracebacks(failing_app, serve, client):
     c = client(serve(failing_app).url)
-    body = c.get("/api/steps/check").json()
-    assert len(body["errors"]) == 20  # the default limit, latest first
-    first = body["errors"][0]
-    assert set(first["key"]) == {"id"} and first["error"].startswith("ValueError: bad item(s)")
-    assert first["traceback"].startswith("Traceback (most recent call last)")
-    assert "in check" in first["traceback"] and "ids divisible by 7 are refused" in first["traceback"]
+    errors = c.get("/api/steps/check").json()["errors"]
+    assert len(errors) == MULTIPLES_OF_7  # one group per failed batch, each with its 5 keys
+    for group in errors:
+        bad = [k["id"] for k in group["keys"] if k["id"] % 7 == 0]
+        assert len(group["keys"]) == 5 and len(bad) == 1
+        assert group["error"] == f"ValueError: bad item(s) {bad}: ids divisible by 7 are refused"
+        assert group["traceback"].startswith("Traceback (most recent call last)")
+        assert "in check" in group["traceback"] and group["traceback"].rstrip().endswith(group["error"])
     failed_ids = set(failing_app.steps[1].meta.get_failed_idx()["id"])
-    assert {e["key"]["id"] for e in c.get("/api/steps/check?errors=1000").json()["errors"]} == failed_ids
+    assert {k["id"] for g in errors for k in g["keys"]} == failed_ids
+    few = c.get("/api/steps/check?errors=3").json()["errors"]
+    assert sum(len(g["keys"]) for g in few) == 3
     assert_error(c.get("/api/steps/check?errors=-1"), 400, "errors must be between")
     assert_error(c.get("/api/steps/check?errors=many"), 400, "errors must be an integer")
 

@@ -5,7 +5,8 @@
     GET  /                          the single-page app (static files under /static/)
     GET  /api/pipeline              graph (nodes, edges), read_only flag, active run
     GET  /api/steps                 status of every step (state, processed, pending, failed, running)
-    GET  /api/steps/{name}          status, last errors (keys, tracebacks), last run from this server
+    GET  /api/steps/{name}          status, last errors (by error: keys, traceback), last run here;
+                                    ?errors=N failed keys at most (default 50)
     POST /api/steps/{name}/run      run the step                     -> 202 {run}
     POST /api/steps/{name}/run-failed  run only its failed keys      -> 202 {run}
     POST /api/steps/{name}/reset    forget what it processed; body {"confirm": "<step name>"}
@@ -250,7 +251,7 @@ class _Api:
 
     def step(self, request: Request) -> Response:
         step = views.find_step(self.app, request.path_params["name"])
-        limit = _int(request, "errors", 20)
+        limit = _int(request, "errors", 50)
         if not 0 <= limit <= 1000:
             raise UiError(f"errors must be between 0 and 1000, got {limit}")
         return JSONResponse({**self._status(step), "errors": views.step_errors(step, limit)})

@@ -142,25 +142,21 @@ def step_status(app: DatapipeApp, step: ComputeStep, running_here: bool = False)
     return result
 
 
-def step_errors(step: ComputeStep, limit: int = 20) -> List[Dict[str, Any]]:
-    """The latest failed keys with their error text (first line) and traceback, passwords masked."""
+def step_errors(step: ComputeStep, limit: int = 50) -> List[Dict[str, Any]]:
+    """The latest ``limit`` failed keys, grouped by error (a failed batch shares one): each group has
+    the error's first line, its traceback, when it last happened and its keys. Passwords masked."""
     if not has_key_state(step):
         return []
     failed = step.meta.get_failed(limit)  # type: ignore[attr-defined]
     keys = [c for c in failed.columns if c not in ("process_ts", "error")]
-    result = []
+    groups: Dict[str, Dict[str, Any]] = {}
     for rec in failed.to_dict("records"):
         text = mask_text(str(rec["error"] or ""))
-        message, _, trace = text.partition("\n\n")
-        result.append(
-            {
-                "key": {k: json_value(rec[k]) for k in keys},
-                "at": json_value(rec["process_ts"]),
-                "error": message,
-                "traceback": trace,
-            }
-        )
-    return result
+        if text not in groups:
+            message, _, trace = text.partition("\n\n")
+            groups[text] = {"error": message, "traceback": trace, "at": json_value(rec["process_ts"]), "keys": []}
+        groups[text]["keys"].append({k: json_value(rec[k]) for k in keys})
+    return list(groups.values())
 
 
 # ---------------------------------------------------------------- tables

@@ -84,7 +84,7 @@ function layout(graph) {
   const columns = [];
   for (const n of graph.nodes) (columns[layer.get(n.id)] ||= []).push(n);
   const pos = new Map();
-  const W = 190, H = 40, GAPX = 70, GAPY = 26;
+  const W = 220, H = 40, GAPX = 70, GAPY = 26;
   columns.forEach((col, i) => col.forEach((n, j) => pos.set(n.id, { x: 20 + i * (W + GAPX), y: 20 + j * (H + GAPY), w: W, h: H })));
   const width = 40 + columns.length * (W + GAPX) - GAPX;
   const height = 40 + Math.max(...columns.map((c) => c.length)) * (H + GAPY) - GAPY;
@@ -106,7 +106,7 @@ function drawGraph(graph, statuses) {
     const p = pos.get(n.id);
     const st = n.kind === "step" ? (statuses[n.name] ? statuses[n.name].state : "unknown") : null;
     const cls = n.kind === "step" ? `node step state-${st}` : "node table";
-    const label = n.name.length > 26 ? n.name.slice(0, 25) + "…" : n.name;
+    const label = n.name.length > 30 ? n.name.slice(0, 29) + "…" : n.name;
     const sub = n.kind === "step" ? `${n.step_kind} · ${st.replace(/_/g, " ")}` : "table";
     const g = svg("g", { class: cls, "data-node": n.id, "data-state": st || "", transform: `translate(${p.x},${p.y})`, tabindex: 0 },
       svg("title", {}, n.name),
@@ -124,7 +124,8 @@ async function showGraph(main) {
   const statuses = Object.fromEntries(steps.steps.map((s) => [s.name, s]));
   main.replaceChildren(
     el("h1", {}, "Pipeline"),
-    el("div", { class: "legend" }, ["up_to_date", "pending", "failed", "running"].map(stateBadge)),
+    el("div", { class: "legend" }, ["up_to_date", "pending", "failed", "running"].map(stateBadge),
+      el("span", { class: "muted" }, "(grey: a step without per-key state, e.g. a generator)")),
     el("div", { id: "graph" }, drawGraph(pipeline.graph, statuses)),
     el("h2", {}, "Steps"),
     stepsTable(steps.steps),
@@ -160,16 +161,17 @@ async function showStep(main, name) {
     s.has_key_state && s.failed ? action("Run failed keys", () => startRun(`/api/steps/${encodeURIComponent(name)}/run-failed`), "action", "run-failed") : null,
     s.has_key_state ? action("Reset…", () => resetStep(name), "danger", "reset-step") : null);
   const errors = s.errors.length
-    ? s.errors.map((e) => el("div", { class: "error-item" },
-        el("div", {}, el("strong", {}, "key "), el("code", { class: "failed-key" }, JSON.stringify(e.key)), ` at ${fmtTime(e.at)}`),
-        el("div", { class: "error-text" }, e.error),
-        e.traceback ? el("details", { open: true }, el("summary", {}, "traceback"), el("pre", { class: "traceback" }, e.traceback)) : null))
+    ? s.errors.map((e, i) => el("div", { class: "error-item" },
+        el("div", { class: "error-text" }, el("strong", {}, e.error)),
+        el("div", {}, `${e.keys.length} key(s), last at ${fmtTime(e.at)}: `,
+          e.keys.map((k) => el("code", { class: "failed-key" }, JSON.stringify(k))).flatMap((c, j) => (j ? [" ", c] : [c]))),
+        e.traceback ? el("details", { open: i === 0 }, el("summary", {}, "traceback"), el("pre", { class: "traceback" }, e.traceback)) : null))
     : [el("p", { class: "muted" }, "No failed keys.")];
   main.replaceChildren(
     el("h1", {}, `Step ${s.name} `, el("span", { class: "muted" }, `(${s.kind})`)),
     el("p", {}, "inputs: ", tableLinks(s.inputs), " → outputs: ", tableLinks(s.outputs)),
     counts, lastRun, actions,
-    el("h2", {}, "Last errors"), el("div", { id: "errors" }, errors));
+    el("h2", {}, s.failed > s.errors.reduce((n, e) => n + e.keys.length, 0) ? "Last errors (latest failed keys)" : "Errors"), el("div", { id: "errors" }, errors));
 }
 
 function tableLinks(names) {
@@ -253,7 +255,7 @@ async function showTable(main, name) {
     el("h1", {}, `Table ${info.name}`),
     el("p", { class: "muted" }, info.store, ` · keys: ${info.primary_keys.join(", ")} · live rows: ${fmtRows(info.rows)}`),
     el("p", {}, "written by: ", stepLinks(info.producers), " · read by: ", stepLinks(info.consumers)),
-    filters, body);
+    filters, ...[].concat(body));
 }
 
 function stepLinks(names) {
