@@ -6,22 +6,17 @@ to a free loopback port and returns its base URL; the server stops at the end of
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
+from ui_support import HERE, REPO, import_path
 
 from datapipe.compute import DatapipeApp, run_steps
-
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).parent
-ARTIFACTS = HERE / "artifacts"
 
 
 class Served:
@@ -73,22 +68,13 @@ def serve() -> Iterator[Callable[..., Served]]:
         s.thread.join(20)
 
 
-def _import(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def failing_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The module ``ui_pipeline.py`` with ``.app`` built on SQLite in ``tmp_path`` and run once:
     ``check`` has failed keys."""
     monkeypatch.setenv("DATAPIPE_UI_DB", f"sqlite:///{tmp_path}/ui.sqlite")
     monkeypatch.setenv("DATAPIPE_UI_FILES", str(tmp_path / "images"))
-    module = _import(HERE / "ui_pipeline.py", f"ui_pipeline_{tmp_path.name}")
+    module = import_path(HERE / "ui_pipeline.py", f"ui_pipeline_{tmp_path.name}")
     module.app = module.build()
     run_steps(module.app.ds, module.app.steps)
     yield module
@@ -106,7 +92,7 @@ def quickstart_app(tmp_path: Path) -> DatapipeApp:
     """The repository's quickstart, copied to ``tmp_path`` (its database is created there), not run yet."""
     target = tmp_path / "quickstart"
     shutil.copytree(REPO / "examples" / "quickstart", target, ignore=shutil.ignore_patterns("*.db", "out"))
-    return _import(target / "app.py", f"quickstart_{tmp_path.name}").app
+    return import_path(target / "app.py", f"quickstart_{tmp_path.name}").app
 
 
 @pytest.fixture

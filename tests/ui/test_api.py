@@ -404,7 +404,8 @@ def test_token(failing_app, serve, client):
     browser = client(url)
     opened = browser.get("/?token=s3cret-token")
     assert opened.status_code == 303 and opened.headers["location"] == "/"
-    assert "httponly" in opened.headers["set-cookie"].lower() and "samesite=strict" in opened.headers["set-cookie"].lower()
+    cookie = opened.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
     assert browser.get("/api/steps").status_code == 200  # the cookie
     assert_error(anonymous.get("/api/steps?token=s3cret-token"), 401, "token")  # only / takes it from the URL
     assert failing_app.steps[1].meta.get_counts()["processed"] == 30
@@ -435,9 +436,9 @@ def test_postgres_passwords_never_reach_the_api(postgres_url, tmp_path, monkeypa
     url = make_url(postgres_url).set(password="hunter2-secret").render_as_string(hide_password=False)
     monkeypatch.setenv("DATAPIPE_UI_DB", url)
     monkeypatch.setenv("DATAPIPE_UI_FILES", str(tmp_path / "images"))
-    from conftest import HERE, _import
+    from ui_support import HERE, import_path
 
-    app = _import(HERE / "ui_pipeline.py", "ui_pipeline_pg").build()
+    app = import_path(HERE / "ui_pipeline.py", "ui_pipeline_pg").build()
     run_steps(app.ds, app.steps)
     c = client(serve(app).url)
     bodies = [c.get(p).text for p in ("/api/pipeline", "/api/steps", "/api/tables", "/api/tables/items",

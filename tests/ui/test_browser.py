@@ -11,10 +11,9 @@ import shutil
 from typing import Any, Iterator
 
 import pytest
+from ui_support import ARTIFACTS
 
 from datapipe.meta.locks import step_lock
-
-from conftest import ARTIFACTS
 
 CHROMIUM = os.environ.get("DATAPIPE_UI_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -55,14 +54,15 @@ def page(browser: Any) -> Iterator[Any]:
 
 def open_page(page: Any, url: str) -> None:
     """Open ``url`` and wait until the page has rendered its route."""
-    before = page.evaluate("() => document.getElementById('main') ? document.getElementById('main').dataset.renders : null")
+    before = page.evaluate("() => document.getElementById('main')?.dataset.renders ?? null")
     page.goto(url)
     wait_rendered(page, before if page.url.split("#")[0] == url.split("#")[0] else None)
 
 
 def wait_rendered(page: Any, previous: Any = None) -> None:
     page.wait_for_function(
-        "prev => { const m = document.getElementById('main'); return m && m.dataset.renders && m.dataset.renders !== prev; }",
+        "prev => { const m = document.getElementById('main');"
+        " return m && m.dataset.renders && m.dataset.renders !== prev; }",
         arg=previous,
     )
 
@@ -162,7 +162,8 @@ def test_run_from_the_page_shows_progress_and_summary(quickstart_app, serve, pag
     progress = page.locator(f'.progress[data-run-step="{transform}"]')
     assert "done" in progress.get_attribute("class")
     assert progress.locator(".progress-text").inner_text().startswith("1/1 batches")
-    page.wait_for_function(f"() => document.querySelector('g[data-node=\"s:{transform}\"]').dataset.state === 'up_to_date'")
+    node = f'g[data-node="s:{transform}"]'
+    page.wait_for_function(f"() => document.querySelector('{node}').dataset.state === 'up_to_date'")
     shot(page, "run-finished")
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from conftest import REPO
+from ui_support import REPO
 
 DATAPIPE = str(Path(sys.executable).with_name("datapipe"))
 

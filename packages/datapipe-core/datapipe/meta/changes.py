@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import pandas as pd
-from sqlalchemy import and_, exists, literal, or_, select, true, union_all
+from sqlalchemy import and_, exists, func, literal, or_, select, true, union_all
 from sqlalchemy.sql import Select
 
 from datapipe.errors import ConfigError
@@ -171,6 +171,13 @@ class ChangeQuery:
         t = self.tr.sql_table.alias(f"rt_{inp.name}")
         processed = exists().where(and_(*[t.c[k] == allc.c[k] for k in self.keys]))
         return or_(present, processed)
+
+    def count(self, query: Optional[Select[Any]]) -> int:
+        """How many keys ``query`` returns, counted in the database (no rows are transferred)."""
+        if query is None:
+            return 0
+        with self.tr.dbconn.read() as con:
+            return int(con.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one())
 
     def fetch(self, query: Optional[Select[Any]]) -> pd.DataFrame:
         if query is None:

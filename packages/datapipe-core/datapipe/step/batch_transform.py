@@ -227,8 +227,11 @@ class StepMeta(TransformMeta):
         return self.changes.fetch(query), snapshot
 
     def get_changed_idx_count(self, ds: Any = None, run_config: Optional[RunConfig] = None) -> int:
-        """How many keys are pending (the 0.15 API passes the ``DataStore``, which is not needed)."""
-        return len(self.get_changed_idx(run_config)[0])
+        """How many keys are pending, counted in the database without fetching them (the 0.15 API
+        passes the ``DataStore``, which is not needed)."""
+        self.require_upgraded()
+        wheres = self.changes.window_wheres(self.get_watermarks())
+        return self.changes.count(self.changes.build(wheres, filters=self.run_filters(run_config)))
 
 
 class BaseBatchTransformStep(ComputeStep):

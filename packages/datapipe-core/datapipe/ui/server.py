@@ -299,7 +299,8 @@ class _Api:
     def table_rows(self, request: Request) -> Response:
         unknown = set(request.query_params) - {"page", "page_size", "filter", "sort", "order", "deleted"}
         if unknown:
-            raise UiError(f"unknown parameter(s) {sorted(unknown)}; known: page, page_size, filter, sort, order, deleted")
+            known = "page, page_size, filter, sort, order, deleted"
+            raise UiError(f"unknown parameter(s) {sorted(unknown)}; known: {known}")
         page = views.table_page(
             self.app,
             request.path_params["name"],

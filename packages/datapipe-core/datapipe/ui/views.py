@@ -20,10 +20,10 @@ import base64
 import io
 import json
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select, tuple_
 
 from datapipe.cli import mask_text
 from datapipe.compute import ComputeStep, DatapipeApp
@@ -249,7 +249,7 @@ def _typed(col: str, value: str, py: Optional[type]) -> Any:
                 raise ValueError("not a finite number")
             return number
     except ValueError as e:
-        raise UiError(f"filter {col}={value!r}: {col!r} holds {py.__name__} values ({e})") from e
+        raise UiError(f"filter {col}={value!r}: {col!r} holds {getattr(py, '__name__', py)} values ({e})") from e
     return value
 
 
@@ -299,9 +299,9 @@ def _where(dt: DataTable, filters: Dict[str, Any]) -> List[Any]:
     for col, value in filters.items():
         if col in t.c:
             clauses.append(t.c[col] == value)
-        else:
-            keys = and_(*[data.c[k] == t.c[k] for k in dt.primary_keys])
-            clauses.append(select(data.c[col]).where(keys, data.c[col] == value).exists())
+        else:  # keys of the matching data rows: one pass over the data table, then key lookups
+            matching = select(*[data.c[k] for k in dt.primary_keys]).where(data.c[col] == value)
+            clauses.append(tuple_(*[t.c[k] for k in dt.primary_keys]).in_(matching))
     return clauses
 
 
@@ -344,8 +344,8 @@ def _row_columns(dt: DataTable, rows: pd.DataFrame) -> List[str]:
     return [*dt.primary_keys, *data_cols, *meta_cols]
 
 
-def _json_row(row: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: json_value(v) for k, v in row.items() if k != "delete_ts"}
+def _json_row(row: Dict[Any, Any]) -> Dict[str, Any]:
+    return {str(k): json_value(v) for k, v in row.items() if k != "delete_ts"}
 
 
 def json_value(value: Any) -> Any:

@@ -120,16 +120,17 @@ function drawGraph(graph, statuses) {
 }
 
 async function showGraph(main) {
-  const [pipeline, steps] = await Promise.all([api("/api/pipeline"), api("/api/steps")]);
-  const statuses = Object.fromEntries(steps.steps.map((s) => [s.name, s]));
-  main.replaceChildren(
-    el("h1", {}, "Pipeline"),
-    el("div", { class: "legend" }, ["up_to_date", "pending", "failed", "running"].map(stateBadge),
-      el("span", { class: "muted" }, "(grey: a step without per-key state, e.g. a generator)")),
-    el("div", { id: "graph" }, drawGraph(pipeline.graph, statuses)),
-    el("h2", {}, "Steps"),
-    stepsTable(steps.steps),
-  );
+  // The graph needs no query: draw it at once, then colour it when the counts arrive.
+  const stepsRequest = api("/api/steps");
+  const pipeline = await api("/api/pipeline");
+  const legend = el("div", { class: "legend" }, ["up_to_date", "pending", "failed", "running"].map(stateBadge),
+    el("span", { class: "muted" }, "(grey: a step without per-key state, e.g. a generator)"));
+  const graphBox = el("div", { id: "graph" }, drawGraph(pipeline.graph, {}));
+  const stepsBox = el("div", {}, el("p", { class: "muted" }, "Counting keys…"));
+  main.replaceChildren(el("h1", {}, "Pipeline"), legend, graphBox, el("h2", {}, "Steps"), stepsBox);
+  const steps = await stepsRequest;
+  graphBox.replaceChildren(drawGraph(pipeline.graph, Object.fromEntries(steps.steps.map((s) => [s.name, s]))));
+  stepsBox.replaceChildren(stepsTable(steps.steps));
 }
 
 function stepsTable(steps) {
