@@ -13,6 +13,7 @@ from typing import Optional
 import click
 
 from datapipe.cli import CliContext, CliUsageError
+from datapipe.run_callback import RunCallback
 
 TOKEN_ENV = "DATAPIPE_UI_TOKEN"
 
@@ -56,7 +57,8 @@ def ui(obj: CliContext, host: str, port: int, token: Optional[str], read_only: b
         from datapipe.ui.server import create_app
     except ImportError as e:
         raise CliUsageError(f"datapipe ui needs the ui extra: pip install 'datapipe-core[ui]' ({e})") from e
-    web = create_app(obj.app, token=token or None, read_only=read_only)
+    plugin_callbacks = obj.callbacks(RunCallback())  # OpenTelemetry and plugins' listeners, as for `run`
+    web = create_app(obj.app, token or None, read_only, executor=obj.executor(), callbacks=[plugin_callbacks])
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"datapipe ui: http://{shown}:{port}/" + (" (token required)" if token else ""), err=True)
     uvicorn.run(web, host=host, port=port, log_level="debug" if obj.debug else "warning", access_log=obj.debug)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from datapipe.cli import mask_text
 from datapipe.compute import ComputeStep, DatapipeApp, run_steps
+from datapipe.executor import Executor
 from datapipe.meta.locks import step_is_running
 from datapipe.progress import RunStats, StepStats
 from datapipe.run_callback import CompositeRunCallback, RunCallback
@@ -118,9 +119,12 @@ def _one_line(error: BaseException) -> str:
 class RunManager:
     """Starts runs in a background thread and fans their events out to subscribers."""
 
-    def __init__(self, app: DatapipeApp, extra_callbacks: Sequence[RunCallback] = ()) -> None:
+    def __init__(
+        self, app: DatapipeApp, extra_callbacks: Sequence[RunCallback] = (), executor: Optional[Executor] = None
+    ) -> None:
         self.app = app
         self.extra_callbacks = list(extra_callbacks)
+        self.executor = executor
         self.runs: Dict[int, Run] = {}
         self.last_step_runs: Dict[str, Dict[str, Any]] = {}
         self._ids = itertools.count(1)
@@ -190,7 +194,7 @@ class RunManager:
             self._emit(run, {"type": "run_end", "status": run.status, "error": run.error, "summary": summary})
 
     def _run_steps(self, steps: List[ComputeStep], config: RunConfig) -> None:
-        run_steps(self.app.ds, steps, run_config=config)
+        run_steps(self.app.ds, steps, run_config=config, executor=self.executor)
 
     def _run_failed(self, steps: List[ComputeStep], config: RunConfig) -> None:
         """Process the failed keys of ``steps[0]`` again, in batches of its ``chunk_size``."""

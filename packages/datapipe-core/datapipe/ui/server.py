@@ -38,7 +38,7 @@ import hmac
 import json
 import logging
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -58,6 +58,8 @@ from starlette.types import Receive, Scope, Send
 
 from datapipe.cli import mask_text
 from datapipe.compute import DatapipeApp
+from datapipe.executor import Executor
+from datapipe.run_callback import RunCallback
 
 from . import metrics, views
 from .runs import RunManager
@@ -71,10 +73,17 @@ LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 HEARTBEAT_SECONDS = 15.0
 
 
-def create_app(app: DatapipeApp, token: Optional[str] = None, read_only: bool = False) -> Starlette:
-    """The ASGI application serving ``app``; see the module docstring."""
+def create_app(
+    app: DatapipeApp,
+    token: Optional[str] = None,
+    read_only: bool = False,
+    executor: Optional[Executor] = None,
+    callbacks: Sequence[RunCallback] = (),
+) -> Starlette:
+    """The ASGI application serving ``app``; see the module docstring. Runs started from the page use
+    ``executor`` (single thread when None) and also report to ``callbacks``."""
     app.catalog.init_all_tables(app.ds)  # now, not concurrently from the request threads
-    runs = RunManager(app)
+    runs = RunManager(app, callbacks, executor)
     api = _Api(app, runs, read_only)
     routes = [
         Route("/", api.index),
