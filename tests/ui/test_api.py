@@ -317,6 +317,7 @@ def test_reset_needs_confirmation(failing_app, serve, client):
     before = snapshot(failing_app)
     assert_error(c.post("/api/steps/measure/reset", json={}), 400, 'needs the body {"confirm": "measure"}')
     assert_error(c.post("/api/steps/measure/reset", json={"confirm": "check"}), 400, "needs the body")
+    assert_error(c.post("/api/steps/generate_items/reset", json={"confirm": "generate_items"}), 400, "no per-key")
     assert snapshot(failing_app) == before
     assert c.post("/api/steps/measure/reset", json={"confirm": "measure"}).json() == {"reset": "measure"}
     measure = c.get("/api/steps/measure").json()
@@ -414,7 +415,9 @@ def test_token(failing_app, serve, client):
 def test_foreign_host_names_are_refused_without_a_token(failing_app, serve, client):
     c = client(serve(failing_app).url)
     assert_error(c.get("/api/steps", headers={"Host": "attacker.example:8765"}), 403, "answers only to localhost")
-    assert c.get("/api/steps", headers={"Host": "localhost:8765"}).status_code == 200
+    assert_error(c.get("/api/steps", headers={"Host": "localhost.attacker.example"}), 403, "only to localhost")
+    for host in ("localhost:8765", "127.0.0.2:8765", "[::1]:8765"):
+        assert c.get("/api/steps", headers={"Host": host}).status_code == 200
 
 
 def test_posts_must_be_json_from_the_same_origin(failing_app, serve, client):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 from pathlib import Path
@@ -164,7 +165,7 @@ class Guard:
         if self.token:
             if not self._has_token(request):
                 return _json_error("a valid token is required: Authorization: Bearer <token>, or open /?token=...", 401)
-        elif _host_name(request.headers.get("host", "")) not in LOOPBACK_HOSTS:
+        elif not _loopback_name(_host_name(request.headers.get("host", ""))):
             return _json_error("this server answers only to localhost (start it with --token to serve others)", 403)
         if request.method == "POST":
             if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -183,6 +184,15 @@ class Guard:
         if request.url.path == "/":
             candidates.append(request.query_params.get("token", ""))
         return any(c and hmac.compare_digest(c.encode(), self.token.encode()) for c in candidates)
+
+
+def _loopback_name(name: str) -> bool:
+    if name in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_name(host: str) -> str:
@@ -283,6 +293,8 @@ class _Api:
         self._writable()
         body = await _body(request)
         step = views.find_step(self.app, request.path_params["name"])
+        if not views.has_key_state(step):
+            raise UiError(f"step {step.name!r} ({views.step_kind(step)}) keeps no per-key state: nothing to reset")
         if body.get("confirm") != step.name:
             raise UiError(f"resetting step {step.name!r} needs the body {{\"confirm\": {json.dumps(step.name)}}}")
         await asyncio.to_thread(self._reset, step)

@@ -17,6 +17,7 @@ Cost rules (the view must stay responsive next to a 1 M-row table):
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import json
 import math
@@ -239,6 +240,8 @@ def parse_filters(dt: DataTable, raw: Sequence[str]) -> Dict[str, Any]:
 
 def _typed(col: str, value: str, py: Optional[type]) -> Any:
     try:
+        if py in (datetime.datetime, datetime.date):
+            return py.fromisoformat(value)  # type: ignore[union-attr]
         if py is bool:
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError("expected true or false")
@@ -358,12 +361,14 @@ def json_value(value: Any) -> Any:
         return {"image": _thumbnail(value)}
     if isinstance(value, (bytes, bytearray)):
         return {"bytes": len(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no infinity
     if isinstance(value, (bool, int, float, str)):
         return _cut(value) if isinstance(value, str) else value
+    if isinstance(value, (datetime.date, datetime.time)):  # pd.Timestamp and datetime too
+        return value.isoformat()
     if hasattr(value, "item") and not hasattr(value, "__len__"):  # numpy scalar
         return json_value(value.item())
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
     try:
         return _cut(json.dumps(value, default=str))
     except (TypeError, ValueError):
