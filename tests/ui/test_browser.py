@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from typing import Any, Iterator
 
 import pytest
@@ -203,3 +204,22 @@ def test_token_is_required(failing_app, serve, page):
     wait_rendered(page)
     assert page.url == url + "/"
     assert page.get_attribute('g[data-node="s:check"]', "data-state") == "failed"
+
+
+def test_progress_updates_while_the_run_goes(failing_pipeline, serve, page):
+    failing_pipeline.GATE = threading.Event()  # `measure` waits for it inside its first batch
+    app = failing_pipeline.app
+    app.steps[3].reset_metadata(app.ds)  # 4 keys to process, 2 batches
+    url = serve(app).url
+    open_page(page, url + "/#/step/measure")
+    page.click("#run-step")
+    text = '.progress[data-run-step="measure"] .progress-text'
+    page.wait_for_function(f"() => document.querySelector('{text}')?.textContent === '0/2 batches'")
+    assert page.inner_text("#run-title") == "Run 1: running" and page.is_disabled("#run-all")
+    page.wait_for_selector('dd [data-state="running"]')  # the step page shows the step running
+    assert page.is_disabled("#run-step")
+    shot(page, "run-in-progress")
+    failing_pipeline.GATE.set()
+    page.wait_for_selector("#run-summary-table")
+    assert page.inner_text(text).startswith("2/2 batches · 4 keys · 0 failed")
+    assert page.inner_text("#run-title") == "Run 1: success" and not page.is_disabled("#run-all")

@@ -315,7 +315,11 @@ function followRun(run) {
     r.querySelector(".progress-text").textContent = `${done}/${total} batches · ${e.rows ?? 0} keys · ${e.failed ?? 0} failed`;
     if (e.type === "step_end") r.classList.add(e.failed ? "failed" : "done");
   };
-  source.addEventListener("step_start", (m) => { const e = JSON.parse(m.data); row(e.step).querySelector(".progress-text").textContent = `0/${e.total} batches`; });
+  source.addEventListener("step_start", (m) => {
+    const e = JSON.parse(m.data);
+    row(e.step).querySelector(".progress-text").textContent = `0/${e.total} batches`;
+    route().then(() => document.querySelectorAll("button.action, button.danger").forEach((b) => { b.disabled = true; }));
+  });
   source.addEventListener("step_progress", (m) => update(JSON.parse(m.data)));
   source.addEventListener("step_end", (m) => update(JSON.parse(m.data)));
   source.addEventListener("run_end", (m) => {
