@@ -1,21 +1,28 @@
 """``datapipe ui``: serve the web view of the pipeline (needs the ``ui`` extra: Starlette + uvicorn).
 
 Registered by the core's own plugin (``datapipe.builtins``) through the ``datapipe_cli`` hook, so
-``datapipe.cli`` does not change and nothing of Starlette is imported until the command runs.
+``datapipe.cli`` does not change and nothing of Starlette is imported until the command runs. The
+command gets the CLI's context object (``datapipe.cli.CliContext``: ``app``, ``executor()``,
+``callbacks()``, ``debug``) from click and does not import ``datapipe.cli`` (which loads the plugins).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
-from datapipe.cli import CliContext, CliUsageError
 from datapipe.run_callback import RunCallback
 
 TOKEN_ENV = "DATAPIPE_UI_TOKEN"
+
+
+class UiUsageError(click.ClickException):
+    """Bad usage, one line, exit code 2 (like the CLI's own usage errors)."""
+
+    exit_code = 2
 
 
 def is_loopback(host: str) -> bool:
@@ -29,7 +36,7 @@ def is_loopback(host: str) -> bool:
     try:
         infos = socket.getaddrinfo(host, None)
     except OSError as e:
-        raise CliUsageError(f"--host {host!r}: cannot resolve ({e})") from e
+        raise UiUsageError(f"--host {host!r}: cannot resolve ({e})") from e
     return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
 
 
@@ -44,10 +51,10 @@ def is_loopback(host: str) -> bool:
 )
 @click.option("--read-only", is_flag=True, help="Hide and refuse every action (run, run failed keys, reset).")
 @click.pass_obj
-def ui(obj: CliContext, host: str, port: int, token: Optional[str], read_only: bool) -> None:
+def ui(obj: Any, host: str, port: int, token: Optional[str], read_only: bool) -> None:
     """Serve a web view of the pipeline: graph, steps, tables, runs with live progress, /metrics."""
     if not is_loopback(host) and not token:
-        raise CliUsageError(
+        raise UiUsageError(
             f"--host {host} is not a loopback address: anyone who can reach it could run and reset steps; "
             f"give --token (or set {TOKEN_ENV})"
         )
@@ -56,7 +63,7 @@ def ui(obj: CliContext, host: str, port: int, token: Optional[str], read_only: b
 
         from datapipe.ui.server import create_app
     except ImportError as e:
-        raise CliUsageError(f"datapipe ui needs the ui extra: pip install 'datapipe-core[ui]' ({e})") from e
+        raise UiUsageError(f"datapipe ui needs the ui extra: pip install 'datapipe-core[ui]' ({e})") from e
     plugin_callbacks = obj.callbacks(RunCallback())  # OpenTelemetry and plugins' listeners, as for `run`
     web = create_app(obj.app, token or None, read_only, executor=obj.executor(), callbacks=[plugin_callbacks])
     shown = f"[{host}]" if ":" in host else host

@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from datapipe.cli import mask_text
 from datapipe.compute import ComputeStep, DatapipeApp, run_steps
+from datapipe.errors import mask_url
 from datapipe.executor import Executor
 from datapipe.meta.locks import step_is_running
-from datapipe.progress import RunStats, StepStats
-from datapipe.run_callback import CompositeRunCallback, RunCallback
+from datapipe.run_callback import CompositeRunCallback, RunCallback, StepLike
 from datapipe.run_config import RunConfig
+from datapipe.run_stats import RunStats, StepStats
 from datapipe.types import IndexDF
 
 from .views import UiError
@@ -85,30 +85,41 @@ class _Recorder(RunCallback):
         self.emit = emit
         self.stats = RunStats()
 
-    def on_run_start(self, steps: Sequence[ComputeStep]) -> None:
+    def on_run_start(self, steps: Sequence[StepLike]) -> None:
         self.stats.on_run_start(steps)
         self.emit(self.run, {"type": "run_start", "steps": [s.name for s in steps]})
 
-    def on_step_start(self, step: ComputeStep, total: int = 0) -> None:
+    def on_step_start(self, step: StepLike, total: int = 0) -> None:
         self.stats.on_step_start(step, total)
         self.run.current_step = step.name
         self.emit(self.run, {"type": "step_start", "step": step.name, "total": total})
 
-    def on_step_progress(self, step: ComputeStep, completed: int, total: int, **stats: Any) -> None:
+    def on_step_progress(self, step: StepLike, completed: int, total: int, **stats: Any) -> None:
         self.stats.on_step_progress(step, completed, total, **stats)
         s = self.stats.steps[step.name]
         self.emit(self.run, {"type": "step_progress", **step_summary(s), "completed": completed, "total": total})
 
-    def on_step_error(self, step: ComputeStep, error: BaseException) -> None:
+    def on_step_error(self, step: StepLike, error: BaseException) -> None:
         self.stats.on_step_error(step, error)
-        self.emit(self.run, {"type": "step_error", "step": step.name, "error": mask_text(_one_line(error))})
+        self.emit(self.run, {"type": "step_error", "step": step.name, "error": mask_url(_one_line(error))})
 
-    def on_step_success(self, step: ComputeStep) -> None:
+    def on_step_success(self, step: StepLike) -> None:
         self.stats.on_step_success(step)
         self.emit(self.run, {"type": "step_end", **step_summary(self.stats.steps[step.name])})
 
     def on_run_error(self, error: BaseException) -> None:
         self.stats.on_run_error(error)
+
+
+class _ErrorsOnly(RunCallback):
+    """Forwards only batch errors: ``run_idx`` reports a start and an end per call, and a run of
+    failed keys makes one call per chunk but is one step run."""
+
+    def __init__(self, target: RunCallback) -> None:
+        self.target = target
+
+    def on_step_error(self, step: Any, error: BaseException) -> None:
+        self.target.on_step_error(step, error)
 
 
 def _one_line(error: BaseException) -> str:
@@ -182,7 +193,7 @@ class RunManager:
             run.status = "failed" if recorder.stats.failed_steps else "success"
         except BaseException as e:  # noqa: BLE001 - reported to the page, the server goes on
             run.status = "error"
-            run.error = mask_text(_one_line(e))
+            run.error = mask_url(_one_line(e))
         finally:
             run.finished = time.time()
             run.current_step = None
@@ -206,8 +217,9 @@ class RunManager:
         size = int(getattr(step, "chunk_size", 1000))
         chunks = [IndexDF(idx.iloc[i : i + size].reset_index(drop=True)) for i in range(0, len(idx), size)]
         callback.on_step_start(step, len(chunks))
+        per_chunk = RunConfig(callback=_ErrorsOnly(callback))  # one start/success for all chunks: ours
         for n, chunk in enumerate(chunks, 1):
-            changes = step.run_idx(self.app.ds, chunk, config)
+            changes = step.run_idx(self.app.ds, chunk, per_chunk)
             changed = sum(len(v) for v in changes.changes.values())
             deleted = getattr(changes, "deleted_count", 0)
             callback.on_step_progress(step, n, len(chunks), rows=len(chunk), changed=changed - deleted, deleted=deleted)

@@ -57,8 +57,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from datapipe.cli import mask_text
 from datapipe.compute import DatapipeApp
+from datapipe.errors import mask_url
 from datapipe.executor import Executor
 from datapipe.run_callback import RunCallback
 
@@ -114,7 +114,7 @@ def create_app(
 
 
 def _json_error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": mask_text(message)}, status_code=status)
+    return JSONResponse({"error": mask_url(message)}, status_code=status)
 
 
 async def _ui_error(request: Request, exc: Exception) -> Response:

@@ -26,12 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import pandas as pd
 from sqlalchemy import func, select, tuple_
 
-from datapipe.cli import mask_text
 from datapipe.compute import ComputeStep, DatapipeApp
 from datapipe.datatable import DataTable
+from datapipe.errors import mask_url
 from datapipe.meta.locks import step_is_running
+from datapipe.sql.schema import python_type
 from datapipe.store.database import TableStoreDB
-from datapipe.store.sql_checks import python_type
 
 COUNT_CAP = 100_000
 MAX_PAGE_SIZE = 500
@@ -43,7 +43,7 @@ class UiError(Exception):
     """Bad input or an unknown name: ``status`` is the HTTP status, the message says what to fix."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(mask_text(message))
+        super().__init__(mask_url(message))
         self.status = status
 
 
@@ -152,7 +152,7 @@ def step_errors(step: ComputeStep, limit: int = 50) -> List[Dict[str, Any]]:
     keys = [c for c in failed.columns if c not in ("process_ts", "error")]
     groups: Dict[str, Dict[str, Any]] = {}
     for rec in failed.to_dict("records"):
-        text = mask_text(str(rec["error"] or ""))
+        text = mask_url(str(rec["error"] or ""))
         if text not in groups:
             message, _, trace = text.partition("\n\n")
             groups[text] = {"error": message, "traceback": trace, "at": json_value(rec["process_ts"]), "keys": []}
@@ -170,7 +170,7 @@ def table_summary(app: DatapipeApp, name: str) -> Dict[str, Any]:
     columns = _data_columns(dt)
     return {
         "name": name,
-        "store": mask_text(describe() if describe else type(store).__name__),
+        "store": mask_url(describe() if describe else type(store).__name__),
         "store_class": type(store).__name__,
         "primary_keys": dt.primary_keys,
         "columns": columns,
@@ -376,7 +376,7 @@ def json_value(value: Any) -> Any:
 
 
 def _cut(text: str) -> str:
-    text = mask_text(text)
+    text = mask_url(text)
     return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
 
 
@@ -398,7 +398,7 @@ def tables_overview(app: DatapipeApp) -> List[Dict[str, Any]]:
         result.append(
             {
                 "name": name,
-                "store": mask_text(describe() if describe else type(dt.table_store).__name__),
+                "store": mask_url(describe() if describe else type(dt.table_store).__name__),
                 "rows": count_rows(dt),
             }
         )
