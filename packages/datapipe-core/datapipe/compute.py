@@ -96,12 +96,10 @@ class Catalog:
 
 
 @dataclass
-class ComputeInput:
-    """A step input: the table, how it joins (``"full"`` or ``"inner"``), and key renames."""
+class _StepTable:
+    """A table as one of a step's inputs or outputs."""
 
     dt: DataTable
-    join_type: str = "full"
-    keys: Optional[Dict[str, str]] = None
 
     @property
     def name(self) -> str:
@@ -113,19 +111,18 @@ class ComputeInput:
 
 
 @dataclass
-class ComputeOutput:
-    """A step output: the table and key renames (transform key -> table column)."""
+class ComputeInput(_StepTable):
+    """A step input: the table, how it joins (``"full"`` or ``"inner"``), and key renames."""
 
-    dt: DataTable
+    join_type: str = "full"
     keys: Optional[Dict[str, str]] = None
 
-    @property
-    def name(self) -> str:
-        return self.dt.name
 
-    @property
-    def primary_keys(self) -> List[str]:
-        return self.dt.primary_keys
+@dataclass
+class ComputeOutput(_StepTable):
+    """A step output: the table and key renames (transform key -> table column)."""
+
+    keys: Optional[Dict[str, str]] = None
 
 
 @dataclass
