@@ -111,6 +111,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def bench_ray(session: nox.Session) -> None:
+    """Ray executor speed-up vs single-threaded on a local 2-CPU Ray (not a default session)."""
+    install_core(session, "ray,postgres")
+    session.run("python", "benchmarks/ray_speedup.py", *session.posargs)
+
+
+@nox.session
 def plugins(session: nox.Session) -> None:
     """Plugin discovery: core + the example and the broken third-party plugins, installed as distributions."""
     install_core(session)

@@ -54,6 +54,7 @@ from sqlalchemy import (
     Table,
     and_,
     func,
+    literal_column,
     or_,
     select,
     update,
@@ -61,7 +62,7 @@ from sqlalchemy import (
 
 from datapipe import keyset
 from datapipe.errors import DatapipeError, mask_url
-from datapipe.meta.versions import Snapshot, declare_counter, unseen_rows, write_version
+from datapipe.meta.versions import Snapshot, declare_counter, unseen_rows, version_sql
 from datapipe.sql.bulk import bulk_upsert_values, value_kind
 from datapipe.sql.connection import DBConn
 from datapipe.sql.rows import (
@@ -222,20 +223,20 @@ class TableMeta:
             return
         self.require_upgraded()
         cols = [c for c in self.sql_table.columns.keys() if c in keys.columns]
-        columns = [*cols, "hash", "version", "create_ts", "update_ts", "process_ts", "delete_ts"]
+        columns = [*cols, "hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
         lists = [python_values(keys[c]) for c in cols]
-        kinds = [keys[c].dtype.kind for c in cols] + ["i", "i", "f", "f", "f", "O"]
+        lists += [hashes.tolist(), create_ts.tolist(), [now] * n, [now] * n, [None] * n]
+        kinds = [keys[c].dtype.kind for c in cols] + ["i", "f", "f", "f", "O"]
         with self.dbconn.begin() as con:
-            version = write_version(con)
-            lists += [hashes.tolist(), [version] * n, create_ts.tolist(), [now] * n, [now] * n, [None] * n]
-            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys)
+            version = {"version": version_sql(con)}
+            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys, extra=version)
 
     def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any], versioned: bool = False) -> None:
         if len(idx) == 0:
             return
         with self.dbconn.begin() as con:
             if versioned:
-                values = {**values, "version": write_version(con)}
+                values = {**values, "version": literal_column(version_sql(con))}
             for chunk in key_chunks(idx[self.primary_keys]):
                 con.execute(update(self.sql_table).where(key_filter(self.sql_table, chunk)).values(**values))
 

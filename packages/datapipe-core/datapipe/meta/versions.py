@@ -93,7 +93,7 @@ def write_version(con: Connection) -> int:
     if cached is not None and cached[0] is tx:
         return int(cached[1])
     if con.dialect.name == "postgresql":
-        value = con.exec_driver_sql("SELECT pg_current_xact_id()::text::bigint").scalar_one()
+        value = con.exec_driver_sql(f"SELECT {PG_WRITE_VERSION}").scalar_one()
     else:
         value = con.exec_driver_sql(
             f"INSERT INTO {VERSION_TABLE} (id, version) VALUES (1, 1) "
@@ -101,6 +101,20 @@ def write_version(con: Connection) -> int:
         ).scalar_one()
     con.info["datapipe_version"] = (tx, int(value))
     return int(value)
+
+
+PG_WRITE_VERSION = "pg_current_xact_id()::text::bigint"
+
+
+def version_sql(con: Connection) -> str:
+    """SQL for the version of the write transaction ``con`` is in, to write into metadata rows.
+
+    PostgreSQL: the expression itself (evaluated by the server, no extra round trip). SQLite: the
+    counter value of this transaction (``write_version``) as a literal integer.
+    """
+    if con.dialect.name == "postgresql":
+        return PG_WRITE_VERSION
+    return str(int(write_version(con)))
 
 
 _PG_SNAPSHOT = (

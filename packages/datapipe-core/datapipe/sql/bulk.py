@@ -79,16 +79,23 @@ def _conflict_clause(con: Connection, columns: Sequence[str], keys: Sequence[str
     return f" ON CONFLICT ({key_sql}) DO UPDATE SET {sets}"
 
 
-def upsert_sql(con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str]) -> str:
-    """Positional ``INSERT ... ON CONFLICT`` text for the driver's paramstyle (cached)."""
-    cache_key = ("upsert", con.dialect.name, con.dialect.paramstyle, table, tuple(columns), tuple(keys))
+def upsert_sql(
+    con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str], extra: Optional[Dict[str, str]] = None
+) -> str:
+    """Positional ``INSERT ... ON CONFLICT`` text for the driver's paramstyle (cached).
+
+    ``extra`` maps further columns to SQL expressions written into the statement (the same for every
+    row; Datapipe's own expressions only, never values from data).
+    """
+    extra = extra or {}
+    cache_key = ("upsert", con.dialect.name, con.dialect.paramstyle, table, tuple(columns), tuple(keys), *extra.items())
     sql = _SQL_CACHE.get(cache_key)
     if sql is None:
         mark = "?" if con.dialect.paramstyle == "qmark" else "%s"
         target = con.dialect.identifier_preparer.format_table(table)
-        cols = ", ".join(_quote(con, c) for c in columns)
-        marks = ", ".join([mark] * len(columns))
-        sql = f"INSERT INTO {target} ({cols}) VALUES ({marks})" + _conflict_clause(con, columns, keys)
+        cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
+        marks = ", ".join([mark] * len(columns) + list(extra.values()))
+        sql = f"INSERT INTO {target} ({cols}) VALUES ({marks})" + _conflict_clause(con, [*columns, *extra], keys)
         _SQL_CACHE[cache_key] = sql
     return sql
 
@@ -164,15 +171,19 @@ def _unnest_upsert(
     keys: Sequence[str],
     values: List[List[Any]],
     types: List[str],
+    extra: Dict[str, str],
 ) -> None:
     """One ``INSERT ... SELECT * FROM unnest(arrays) ON CONFLICT``: one round trip, one statement."""
-    cache_key = ("unnest", table, tuple(columns), tuple(keys))
+    cache_key = ("unnest", table, tuple(columns), tuple(keys), *extra.items())
     sql = _SQL_CACHE.get(cache_key)
     if sql is None:
         target = con.dialect.identifier_preparer.format_table(table)
-        cols = ", ".join(_quote(con, c) for c in columns)
+        cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
         arrays = ", ".join(f"%s::{t}[]" for t in types)
-        sql = f"INSERT INTO {target} ({cols}) SELECT * FROM unnest({arrays})" + _conflict_clause(con, columns, keys)
+        selected = ", ".join(["u.*", *extra.values()])
+        sql = f"INSERT INTO {target} ({cols}) SELECT {selected} FROM unnest({arrays}) AS u" + _conflict_clause(
+            con, [*columns, *extra], keys
+        )
         _SQL_CACHE[cache_key] = sql
     con.exec_driver_sql(sql, tuple(values))
 
@@ -203,18 +214,24 @@ def bulk_upsert_values(
     values: List[List[Any]],
     kinds: Sequence[str],
     keys: Sequence[str],
+    extra: Optional[Dict[str, str]] = None,
 ) -> None:
-    """``bulk_upsert`` from plain per-column value lists (None for NULL); ``kinds`` are numpy dtype kinds."""
+    """``bulk_upsert`` from plain per-column value lists (None for NULL); ``kinds`` are numpy dtype kinds.
+
+    ``extra``: further columns given as SQL expressions (see ``upsert_sql``).
+    """
     if not values or len(values[0]) == 0:
         return
+    extra = extra or {}
     values = [_processed(con, table, c, k, v) for c, k, v in zip(columns, kinds, values)]
     if _is_psycopg3(con) and len(values[0]) >= UNNEST_MIN_ROWS:
         types = _unnest_types(con, table, columns)
         if types is not None:
             arrays = [_array_literal(v, k) for v, k in zip(values, kinds)]
-            _unnest_upsert(con, table, columns, keys, arrays, types)
+            _unnest_upsert(con, table, columns, keys, arrays, types, extra)
             return
-    con.exec_driver_sql(upsert_sql(con, table, columns, keys), list(zip(*values)))  # type: ignore[arg-type]
+    sql = upsert_sql(con, table, columns, keys, extra)
+    con.exec_driver_sql(sql, list(zip(*values)))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- key lists as one bound parameter
