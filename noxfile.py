@@ -4,12 +4,16 @@ Each backend session installs only datapipe-core plus that backend into a fresh 
 which proves the backend works without the others.
 """
 
+import sys
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
     "lint", "docs", "core", "qdrant", "milvus", "cli", "ray", "redis", "elastic", "plugins", "reliability", "ui",
+    "adopt",
 ]
 
 CORE = "./packages/datapipe-core"
@@ -143,3 +147,19 @@ def ui(session: nox.Session) -> None:
     install_core(session, "ui,postgres,image")
     session.install("httpx", "playwright")
     session.run("pytest", "tests/ui", "--timeout", "300", *session.posargs)
+
+
+@nox.session
+def adopt(session: nox.Session) -> None:
+    """`datapipe db adopt` against databases written by the real datapipe-core 0.15.0 (SQLite and PostgreSQL).
+
+    0.15 gets a virtualenv of its own (``.nox/adopt-015``), driven only through its public API by
+    ``tests/adopt/build_015.py``. ADOPT_RECORDS scales the deployment (default 1000 items).
+    """
+    install_core(session, "postgres")
+    venv = Path(session.virtualenv.location).parent / "adopt-015"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(venv), external=True)
+    session.run(str(python), "-m", "pip", "install", "-q", "datapipe-core==0.15.0", "psycopg2-binary", external=True)
+    session.run("pytest", "tests/adopt", *session.posargs, env={"DATAPIPE_015_PYTHON": str(python)})

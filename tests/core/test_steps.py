@@ -5,6 +5,8 @@ import pytest
 from sqlalchemy import Column, Integer, String, text
 
 from datapipe.compute import Pipeline, build_compute, run_changelist, run_steps, run_steps_changelist
+from datapipe.run_callback import RunCallback
+from datapipe.run_config import RunConfig
 from datapipe.step.batch_generate import BatchGenerate, do_batch_generate
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.step.datatable_transform import DatatableTransform
@@ -56,7 +58,16 @@ def test_batch_generate_error_keeps_rows(ds, make_catalog):
     run_steps(ds, steps)
     fail["on"] = True
     with pytest.raises(RuntimeError, match="source down"):
-        run_steps(ds, steps)
+        run_steps(ds, steps, RunConfig(fail_fast=True))
+    assert_datatable_equal(ds.get_table("gen"), rows([1, 2]))
+    errors = []
+
+    class Errors(RunCallback):
+        def on_step_error(self, step, error):
+            errors.append(str(error))
+
+    run_steps(ds, steps, RunConfig(callback=Errors()))  # without fail_fast: reported like a failed batch
+    assert errors == ["source down"]
     assert_datatable_equal(ds.get_table("gen"), rows([1, 2]))
 
 
@@ -73,7 +84,8 @@ def test_batch_generate_two_outputs_and_wrong_shape(ds, make_catalog):
         yield rows([1])
 
     with pytest.raises(ValueError, match=r"yielded 1 DataFrame\(s\) for 2 output"):
-        do_batch_generate(one, ds, [ds.get_table("a"), ds.get_table("b")])
+        do_batch_generate(one, ds, [ds.get_table("a"), ds.get_table("b")], RunConfig(fail_fast=True))
+    do_batch_generate(one, ds, [ds.get_table("a"), ds.get_table("b")])  # logged, like a failed batch
     assert list(ds.get_table("a").get_data()["id"]) == [1]
 
 

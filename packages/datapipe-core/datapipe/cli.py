@@ -6,7 +6,8 @@
 the module is imported with the working directory on ``sys.path`` (default ``app:app``).
 
 Commands: ``run`` (``--loop``), ``step list|run|reset-metadata|run-idx`` (``--name``, ``--labels``),
-``table list``, ``db create-all``, ``db upgrade``, ``plugins list``, ``graph`` (Mermaid, ``--format dot``).
+``table list``, ``db create-all``, ``db upgrade``,
+``db adopt``, ``plugins list``, ``graph`` (Mermaid, ``--format dot``).
 Plugins add commands through the ``datapipe_cli`` hook.
 
 Exit codes: 0 success; 1 a run or command failed (a step with failed batches, an unreachable
@@ -616,6 +617,36 @@ def db_upgrade(obj: CliContext) -> None:
     for step_name, pending in report.steps:
         click.echo(f"step {step_name}: {pending} key(s) pending")
     click.echo(f"{mask_url(app.ds.meta_dbconn.connstr)}: {report.summary()}")
+
+
+@db.command("adopt")
+@click.option("--dry-run", is_flag=True, help="Print what would change and change nothing.")
+@click.pass_obj
+def db_adopt(obj: CliContext, dry_run: bool) -> None:
+    """Take over a metadata database written by datapipe 0.15, so the next run processes nothing
+    that 0.15 had already processed. Stop the 0.15 runners first. Safe to re-run or interrupt."""
+    from datapipe.meta.adopt import AdoptRefused, adopt_metadata
+    from datapipe.step.batch_transform import BaseBatchTransformStep
+    from datapipe.store.database import mask_url, no_table_creation
+
+    with no_table_creation():  # loading the pipeline must not change a database adopt may refuse
+        app = obj.app
+        tables = [app.ds.get_table(name) for name in app.ds.tables]
+    steps = [(s.meta, s.changes) for s in app.steps if isinstance(s, BaseBatchTransformStep)]
+    try:
+        report = adopt_metadata(app.ds.meta_dbconn, tables, steps, dry_run=dry_run)
+    except AdoptRefused as e:
+        raise CliError(f"adopt refused, nothing was changed: {mask_text(str(e))}") from e
+    except Exception as e:
+        raise CliError(
+            f"adopt of {mask_url(app.ds.meta_dbconn.connstr)} failed: {_one_line(e)} (re-run it to finish)"
+        ) from e
+    if dry_run:
+        for line in report.plan.describe():
+            click.echo(line)
+        click.echo("dry run: nothing was changed")
+        return
+    click.echo(report.summary())
 
 
 # ---------------------------------------------------------------- plugins, graph

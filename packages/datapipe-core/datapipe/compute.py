@@ -430,20 +430,34 @@ def run_steps_changelist(
 ) -> ChangeList:
     """Run steps only for the keys in ``changelist``, following the changes downstream.
 
-    Returns every change made, the initial ones included.
+    Like datapipe 0.15, it goes on until no step has anything left: a step whose output feeds an
+    earlier step (a cycle) gets another pass with the changes it has not seen yet, so the result
+    equals full runs. Each step sees every change once. Returns every change made, the initial
+    ones included.
     """
-    current = ChangeList()
-    current.extend(changelist)
+    events: List[ChangeList] = [changelist]  # change lists in the order they were made
+    seen = [0] * len(steps)  # per step: how many of ``events`` it has processed
     cb = _callback(run_config)
     cb.on_run_start(steps)
     try:
-        for step in steps:
-            produced = step.run_changelist(ds, current, run_config=run_config, executor=executor)
-            current.extend(produced)
+        while any(n < len(events) for n in seen):
+            for i, step in enumerate(steps):
+                unseen = ChangeList()
+                for change in events[seen[i] :]:
+                    unseen.extend(change)
+                seen[i] = len(events)
+                if unseen.empty():
+                    continue
+                produced = step.run_changelist(ds, unseen, run_config=run_config, executor=executor)
+                if not produced.empty():
+                    events.append(produced)
     except BaseException as e:
         cb.on_run_error(e)
         raise
     cb.on_run_success()
+    current = ChangeList()
+    for change in events:
+        current.extend(change)
     return current
 
 
@@ -479,14 +493,33 @@ def resolve_outputs(ds: DataStore, catalog: Catalog, outputs: Iterable[Any]) -> 
     return result
 
 
-def step_name(func: Any, kind: str, inputs: Sequence[Any], outputs: Sequence[Any]) -> str:
-    """``<func name>_<8 hex>``: stable across runs for the same kind and tables."""
+def step_name(func: Any, kind: str, inputs: Sequence[Any], outputs: Sequence[Any], base: Optional[str] = None) -> str:
+    """The name of a step declared without ``name=``, equal to datapipe 0.15's.
+
+    ``f"{base}_{h}"``: ``base`` is the function's ``__name__`` (unless given) and ``h`` the 10 hex
+    digits of ``shake_128(step_class + base + input names + output names)``, where ``step_class``
+    is 0.15's compute-step class for the declaration ``kind`` (``STEP_CLASS_015``). The name is
+    stable across processes, and it names the step's metadata table (``<name>_meta``), which is why
+    it must not change: a different name would mean a fresh table and a full reprocessing.
+    """
     import hashlib
 
-    base = getattr(func, "__name__", type(func).__name__)
-    names = [c.name for c in inputs] + ["->"] + [c.name for c in outputs]
-    digest = hashlib.sha1("|".join([kind, *names]).encode()).hexdigest()[:8]
-    return f"{base}_{digest}"
+    if base is None:
+        base = getattr(func, "__name__", type(func).__name__)
+    parts = [STEP_CLASS_015.get(kind, kind), base, *[c.name for c in inputs], *[c.name for c in outputs]]
+    return f"{base}_{hashlib.shake_128(''.join(parts).encode()).hexdigest(5)}"
+
+
+#: Declaration -> the compute-step class name datapipe 0.15 hashes into the step name (checked
+#: against 0.15 itself: its ``BatchGenerate`` and ``UpdateExternalTable`` compile to a
+#: ``DatatableTransformStep``, so that is the class in their names).
+STEP_CLASS_015 = {
+    "BatchTransform": "BatchTransformStep",
+    "DatatableBatchTransform": "DatatableBatchTransformStep",
+    "BatchGenerate": "DatatableTransformStep",
+    "DatatableTransform": "DatatableTransformStep",
+    "UpdateExternalTable": "DatatableTransformStep",
+}
 
 
 def labels_match(step: ComputeStep, labels: Sequence[Tuple[str, str]]) -> bool:

@@ -6,7 +6,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import pandas as pd
 from datapipe import keyset
 from datapipe.errors import StoreError
 from datapipe.meta.sql_meta import TableMeta
-from datapipe.run_config import RunConfig
+from datapipe.run_config import RunConfig, filter_rows
 from datapipe.sql.connection import DBConn
 from datapipe.sql.schema import python_type
 from datapipe.store.table_store import TableStore
@@ -97,7 +97,7 @@ class DataTable:
         null_keys = [k for k in self.primary_keys if df[k].isna().any()]
         if null_keys:
             raise ValueError(f"{where}: null values in primary key column(s) {null_keys}")
-        self._check_key_types(df, where)
+        df = self._check_key_types(df, where)
         keys = self.primary_keys
         dup = df[keys[0]].duplicated(keep=False) if len(keys) == 1 else df.duplicated(keys, keep=False)
         if dup.any():
@@ -105,17 +105,23 @@ class DataTable:
             raise ValueError(f"{where}: {int(dup.sum())} rows have duplicate primary keys, e.g. {sample}")
         return df
 
-    def _check_key_types(self, df: pd.DataFrame, where: str) -> None:
+    def _check_key_types(self, df: pd.DataFrame, where: str) -> pd.DataFrame:
+        """Raise on key columns whose values cannot have the table's key type; return ``df`` with
+        integer keys held in object columns (what ``DataFrame.explode`` leaves) converted to int64."""
         for col in self.primary_schema:
             expected = python_type(col.type)
             if expected is None:
                 continue
-            kind = df[str(col.name)].dtype.kind
+            name = str(col.name)
+            if expected is int and df[name].dtype.kind == "O" and pd.api.types.infer_dtype(df[name]) == "integer":
+                df = df.assign(**{name: df[name].astype("int64")})
+            kind = df[name].dtype.kind
             if (expected is int and kind not in "iu") or (expected is str and kind in "iufb"):
                 raise ValueError(
                     f"{where}: key column {col.name!r} holds {df[str(col.name)].dtype} values, "
                     f"but the table's key type is {expected.__name__}"
                 )
+        return df
 
     def _match_existing(self, df: pd.DataFrame, existing: pd.DataFrame) -> np.ndarray:
         """Row number in ``existing`` of each row of ``df`` (by primary key), -1 when absent."""
@@ -237,10 +243,12 @@ class DataTable:
             TypeError: values that do not fit the table's column types.
 
         Returns:
-            The keys of new or changed rows.
+            The keys of every changed row: new, updated and deleted (as datapipe 0.15 does).
         """
-        [(changed, _)] = write_tables(self.meta_dbconn, [TableWrite(self, data_df, processed_idx)], now)
-        return changed
+        [(changed, deleted)] = write_tables(self.meta_dbconn, [TableWrite(self, data_df, processed_idx)], now)
+        if len(deleted) == 0:
+            return changed
+        return IndexDF(pd.concat([changed, deleted], ignore_index=True))
 
     def delete_by_idx(self, idx: IndexDF, now: Optional[float] = None, run_config: Optional[RunConfig] = None) -> None:
         """Delete the live rows among ``idx`` from the store and tombstone them in the metadata."""
@@ -258,16 +266,31 @@ class DataTable:
         run_config: Optional[RunConfig] = None,
         delete_store: bool = True,
     ) -> IndexDF:
-        """Delete live rows not written or confirmed since ``process_ts``; return their keys."""
+        """Delete live rows not written or confirmed since ``process_ts``; return their keys.
+
+        With ``run_config.filters``, only rows matching the filters are deleted (a filtered run
+        regenerates only part of the table, so rows outside it are not stale).
+        """
         now = time.time() if now is None else now
+        filters = run_config.filters if run_config is not None else None
         deleted: List[IndexDF] = []
         for chunk in self.meta.iter_stale_idx(process_ts):
+            if filters:
+                chunk = self._matching(chunk, filters)
             with self.meta_dbconn.transaction():
                 self._delete_rows(chunk, now, delete_store)
             deleted.append(chunk)
         if not deleted:
             return IndexDF(pd.DataFrame(columns=self.primary_keys))
         return IndexDF(pd.concat(deleted, ignore_index=True))
+
+    def _matching(self, idx: IndexDF, filters: Any) -> IndexDF:
+        """The keys of ``idx`` whose rows match ``filters`` (read from the store when a filter is not a key)."""
+        columns = set(filters) if isinstance(filters, dict) else {c for f in filters for c in f}
+        if columns <= set(idx.columns):
+            return IndexDF(filter_rows(idx, filters))
+        data = self.get_data(idx)
+        return IndexDF(keyset.select(filter_rows(data, filters), self.primary_keys).reset_index(drop=True))
 
     def reset_metadata(self) -> None:
         """Mark every row as never confirmed (``process_ts = 0``)."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+
+import numpy as np
+import pandas as pd
 
 from datapipe.settings import settings
 
@@ -39,3 +42,21 @@ class RunConfig:
         return RunConfig(
             filters=rc.filters, labels={**rc.labels, **labels}, fail_fast=rc.fail_fast, callback=rc.callback
         )
+
+
+def filter_rows(df: pd.DataFrame, filters: Union[LabelDict, List[LabelDict], None]) -> pd.DataFrame:
+    """The rows of ``df`` matching ``filters``: ``{column: value}`` (a list value means "any of"), or a
+    list of such dicts (any of them). Filter columns that ``df`` lacks are ignored, as in the change query."""
+    if not filters:
+        return df
+    alternatives = [filters] if isinstance(filters, dict) else list(filters)
+    keep = np.zeros(len(df), dtype=bool)
+    for flt in alternatives:
+        match = np.ones(len(df), dtype=bool)
+        for column, value in flt.items():
+            if column not in df.columns:
+                continue
+            values = list(value) if isinstance(value, (list, tuple, set, pd.Series)) else [value]
+            match &= df[column].isin(values).to_numpy()
+        keep |= match
+    return df if keep.all() else df[keep]

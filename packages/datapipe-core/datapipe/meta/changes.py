@@ -7,6 +7,11 @@ transform keys, and, when the input holds only some of the transform keys, expan
 the live keys of the inputs that hold the rest and with keys the step processed before (so
 deletions reach old outputs). Keys whose recorded snapshot already saw the change are dropped;
 keys whose last attempt failed are added.
+
+A step declared with ``transform_keys=[]`` processes all its input rows as one batch (a many-to-one
+aggregate). Its only transform key is the constant ``GLOBAL_KEY`` (always 0): any changed input row
+maps to it, so the step's metadata holds one row and the change query still says "nothing new"
+without scanning when nothing changed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class InputKeys:
     columns: Dict[str, str]  # transform key -> column of the input's metadata table
     required: bool = False
 
+
+#: The single, constant transform key of a step declared with ``transform_keys=[]``.
+GLOBAL_KEY = "_datapipe_all"
 
 WhereFn = Callable[[Any], Any]  # metadata-table alias -> WHERE clause selecting changed rows
 
@@ -63,10 +71,13 @@ class ChangeQuery:
         # ``legacy``: compare wall-clock ``update_ts``/``process_ts`` as metadata written before change
         # versions did; only ``datapipe.meta.upgrade`` uses it, to carry pending keys over.
         self.legacy = legacy
+        self.global_batch = transform_keys == [GLOBAL_KEY]
         for inp in inputs:
             self._expansion_sources(inp)  # fail at build time when a key cannot be derived
 
     def _expansion_sources(self, inp: InputKeys) -> List[InputKeys]:
+        if self.global_batch:
+            return []
         provided = set(inp.columns)
         sources = []
         for other in self.inputs:
@@ -103,6 +114,8 @@ class ChangeQuery:
             .where(where(m))
             .subquery(f"c{n}")
         )
+        if self.global_batch:
+            return [select(literal(0).label(GLOBAL_KEY), base.c.u)]
         if len(inp.columns) == len(self.keys):
             return [select(*[base.c[k] for k in self.keys], base.c.u)]
         cols = {k: base.c[k] for k in inp.columns}

@@ -11,8 +11,9 @@ with each step's ``process_ts``. The upgrade, in one transaction:
    that saw version 1, the pending keys of step 1 none, so they are processed on the next run
    and nothing else is;
 4. recreates ``datapipe_watermarks`` in its new shape (the first run after the upgrade scans each
-   input once to rebuild it; ``DatatableTransform`` steps run once);
-5. on SQLite, creates the version counter.
+   input once to rebuild it; ``DatatableTransform`` steps run once), or creates it; steps the caller
+   names in ``watermark_steps`` get a watermark at once (``datapipe.meta.adopt`` does that);
+5. on SQLite, creates the version counter at ``OLD_VERSION``, so every later write is newer.
 
 Tables and steps already in the new shape are left alone, so running it twice is harmless.
 ``datapipe db upgrade`` runs it for a pipeline.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Collection, List, Sequence, Tuple
 
 import pandas as pd
 from sqlalchemy import update
@@ -32,7 +33,7 @@ from datapipe.meta.changes import ChangeQuery
 from datapipe.meta.sql_meta import WATERMARKS_TABLE, TableMeta, TransformMeta, Watermarks
 from datapipe.meta.versions import VERSION_TABLE, declare_counter
 from datapipe.sql.connection import DBConn
-from datapipe.sql.rows import key_chunks, key_filter
+from datapipe.sql.rows import key_chunks, key_filter, upsert_statement
 
 logger = logging.getLogger("datapipe.meta.upgrade")
 
@@ -69,9 +70,16 @@ def _legacy_pending(tr: TransformMeta, changes: ChangeQuery) -> pd.DataFrame:
 
 
 def upgrade_metadata(
-    dbconn: DBConn, tables: Sequence[TableMeta], steps: Sequence[Tuple[TransformMeta, ChangeQuery]]
+    dbconn: DBConn,
+    tables: Sequence[TableMeta],
+    steps: Sequence[Tuple[TransformMeta, ChangeQuery]],
+    watermark_steps: Collection[str] = (),
 ) -> UpgradeReport:
-    """Upgrade ``tables`` and ``steps`` (each a step's metadata and change query) in ``dbconn``."""
+    """Upgrade ``tables`` and ``steps`` (each a step's metadata and change query) in ``dbconn``.
+
+    Steps named in ``watermark_steps`` (the caller knows nothing is pending for them) get, for each
+    input, a watermark that has seen every upgraded row, so their first run scans nothing.
+    """
     report = UpgradeReport()
     old_steps = [(tr, changes) for tr, changes in steps if tr.missing]
     pending = [(tr, _legacy_pending(tr, changes)) for tr, changes in old_steps]  # before any change
@@ -86,11 +94,21 @@ def upgrade_metadata(
             report.steps.append((tr.name, len(keys)))
         if watermarks.missing:
             con.exec_driver_sql(f"DROP TABLE {con.dialect.identifier_preparer.format_table(watermarks.table)}")
-            watermarks.table.create(con)
             report.watermarks_recreated = True
-    declare_counter(dbconn, create=True)
-    if dbconn.is_sqlite:
-        with dbconn.begin() as con:
+        watermarks.table.create(con, checkfirst=True)
+        marks = [
+            {"step": tr.name, "input": inp.name, "seen_below": OLD_VERSION + 1, "seen_pending": None}
+            for tr, changes in old_steps
+            if tr.name in watermark_steps
+            for inp in changes.inputs
+        ]
+        if marks:
+            columns = ["step", "input", "seen_below", "seen_pending"]
+            con.execute(upsert_statement(con, watermarks.table, columns, ["step", "input"]), marks)
+        if dbconn.is_sqlite:  # in the same transaction: no later write can get a version seen as old
+            declare_counter(dbconn, create=False)
+            dbconn.sqla_metadata.tables[VERSION_TABLE].create(con, checkfirst=True)
+            con.exec_driver_sql(f"INSERT OR IGNORE INTO {VERSION_TABLE} (id, version) VALUES (1, {OLD_VERSION})")
             con.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version = {OLD_VERSION} WHERE version < {OLD_VERSION}")
     for meta in tables:
         meta.missing = []
@@ -116,6 +134,8 @@ def _upgrade_step(con: Connection, tr: TransformMeta, pending: pd.DataFrame) -> 
     con.execute(update(t).where(t.c.is_success.is_(True)).values(seen_below=OLD_VERSION + 1))
     for chunk in key_chunks(pending[tr.primary_keys]):
         con.execute(update(t).where(key_filter(t, chunk)).values(seen_below=None))
+    for index in t.indexes:  # the partial index on failed keys
+        index.create(con, checkfirst=True)
 
 
 __all__ = ["UpgradeReport", "upgrade_metadata", "WATERMARKS_TABLE"]

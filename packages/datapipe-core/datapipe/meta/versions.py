@@ -44,7 +44,7 @@ from typing import Any, Optional, Tuple
 from sqlalchemy import BigInteger, Column, Integer, String, and_, cast, literal, or_
 from sqlalchemy.engine import Connection
 
-from datapipe.sql.connection import DBConn, is_offline
+from datapipe.sql.connection import DBConn, table_creation_allowed
 
 VERSION_TABLE = "datapipe_version"
 
@@ -76,7 +76,7 @@ def declare_counter(dbconn: DBConn, create: bool) -> None:
     table = dbconn.get_table(
         VERSION_TABLE, [Column("id", Integer, primary_key=True), Column("version", BigInteger)], create
     )
-    if create and not is_offline():
+    if create and table_creation_allowed():
         with dbconn.begin() as con:
             con.execute(table.insert().prefix_with("OR IGNORE").values(id=1, version=0))
 

@@ -80,6 +80,28 @@ def is_offline() -> bool:
     return _OFFLINE.get()
 
 
+_NO_CREATE: contextvars.ContextVar[bool] = contextvars.ContextVar("datapipe_no_create", default=False)
+
+
+@contextmanager
+def no_table_creation() -> Iterator[None]:
+    """Within the block ``create_table=True`` creates nothing: tables are declared and checked only.
+
+    ``datapipe db adopt`` loads the pipeline this way, so that inspecting a database it may
+    refuse does not change it.
+    """
+    token = _NO_CREATE.set(True)
+    try:
+        yield
+    finally:
+        _NO_CREATE.reset(token)
+
+
+def table_creation_allowed() -> bool:
+    """False when offline or inside ``no_table_creation``."""
+    return not _OFFLINE.get() and not _NO_CREATE.get()
+
+
 def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
     cur = dbapi_con.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -256,7 +278,7 @@ class DBConn:
             with self.begin() as con:  # a table created by an earlier run must still match its declaration
                 where = f"table {name!r} in {mask_url(self.connstr)}"
                 check_existing_table(con, where, name, self.schema, [c for c in columns if c.name not in optional])
-        if create and not is_offline():
+        if create and table_creation_allowed():
             self._create_table(table)
         return table
 

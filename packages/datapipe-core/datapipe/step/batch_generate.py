@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import pandas as pd
 
@@ -30,13 +32,17 @@ def do_batch_generate(
 ) -> ChangeList:
     """Store every chunk ``func(**kwargs)`` yields; then delete rows it did not yield this time.
 
-    Stale rows are deleted only when the generator finished: an error keeps every row.
+    As in datapipe 0.15: ``func`` receives the ``DataStore`` as ``ds`` when it declares that
+    parameter; when the generator raises (or yields a malformed chunk), the chunks stored so far
+    are kept and no stale row is deleted, and the error is re-raised only under
+    ``run_config.fail_fast`` (otherwise logged); with ``run_config.filters``, stale deletion is
+    limited to rows matching the filters.
 
     Args:
         func: generator function yielding a DataFrame or a tuple of DataFrames per chunk.
         ds: the data store.
         output_dts: the output tables, in the order of the yielded tuples.
-        run_config: passed to store calls.
+        run_config: ``fail_fast`` and ``filters`` as above.
         delete_stale: delete rows of the outputs that were not yielded in this run.
         kwargs: keyword arguments for ``func``.
 
@@ -44,32 +50,66 @@ def do_batch_generate(
         The keys that changed (written or deleted), per table.
 
     Raises:
-        ValueError: a chunk has the wrong number of DataFrames or bad rows (the message names
-            the chunk and the table); whatever ``func`` raises is re-raised.
+        Exception: under ``fail_fast``, what ``func`` raised or the ``ValueError`` for a bad chunk
+            (the message names the chunk and the table); always, errors of the stores and of the
+            metadata database.
     """
+    changes, error = generate(func, ds, output_dts, run_config, delete_stale, kwargs)
+    if error is not None and (run_config or RunConfig()).fail_fast:
+        raise error
+    return changes
+
+
+def generate(
+    func: GenerateFunc,
+    ds: DataStore,
+    output_dts: List[DataTable],
+    run_config: Optional[RunConfig] = None,
+    delete_stale: bool = True,
+    kwargs: Optional[Dict[str, Any]] = None,
+) -> Tuple[ChangeList, Optional[Exception]]:
+    """``do_batch_generate`` returning the generator's error (if any) instead of deciding about it."""
     started = time.time()
     changes = ChangeList()
-    try:
-        for n, chunk in enumerate(func(**(kwargs or {})), start=1):
+    kwargs = dict(kwargs or {})
+    if "ds" in _parameters(func) and "ds" not in kwargs:
+        kwargs["ds"] = ds
+    name = getattr(func, "__name__", func)
+    chunks: Optional[Iterator[Any]] = None
+    for n in itertools.count(1):
+        try:
+            chunks = chunks or iter(func(**kwargs))
+            chunk = next(chunks)
             frames = [chunk] if isinstance(chunk, pd.DataFrame) else list(chunk)
             if len(frames) != len(output_dts):
                 raise ValueError(
-                    f"generator {getattr(func, '__name__', func)!r} yielded {len(frames)} DataFrame(s) "
+                    f"generator {name!r} yielded {len(frames)} DataFrame(s) "
                     f"for {len(output_dts)} output(s) {[dt.name for dt in output_dts]} (chunk {n})"
                 )
             for frame, dt in zip(frames, output_dts):
-                context = f"generator chunk {n} for table {dt.name!r}"
-                # never before ``started``, even if the clock steps back: stale means "not confirmed since start"
-                now = max(time.time(), started)
-                [(changed, _)] = ds.write([TableWrite(dt, frame, context=context)], now)
-                changes.append(dt.name, changed)
-    except Exception:
-        logger.exception("generator %s failed; stale rows are kept", getattr(func, "__name__", func))
-        raise
+                dt.check_chunk(frame, f"generator chunk {n} for table {dt.name!r}")
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001 - the generator's error or bad data: the caller decides
+            logger.error("generator %s failed, stale rows are kept: %s: %s", name, type(e).__name__, e)
+            return changes, e
+        for frame, dt in zip(frames, output_dts):  # store errors are not the generator's: they propagate
+            context = f"generator chunk {n} for table {dt.name!r}"
+            # never before ``started``, even if the clock steps back: stale means "not confirmed since start"
+            now = max(time.time(), started)
+            [(changed, _)] = ds.write([TableWrite(dt, frame, context=context)], now)
+            changes.append(dt.name, changed)
     if delete_stale:
         for dt in output_dts:
-            changes.append(dt.name, dt.delete_stale_by_process_ts(started))
-    return changes
+            changes.append(dt.name, dt.delete_stale_by_process_ts(started, run_config=run_config))
+    return changes, None
+
+
+def _parameters(func: Callable[..., Any]) -> Mapping[str, Any]:
+    try:
+        return inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 class BatchGenerateStep(ComputeStep):
@@ -88,7 +128,13 @@ class BatchGenerateStep(ComputeStep):
         self.delete_stale = delete_stale
 
     def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
-        do_batch_generate(self.func, ds, [co.dt for co in self.output_dts], run_config, self.delete_stale, self.kwargs)
+        run.start(1)
+        dts = [co.dt for co in self.output_dts]
+        _, error = generate(self.func, ds, dts, run_config, self.delete_stale, self.kwargs)
+        if error is not None:
+            if run_config.fail_fast:
+                raise error
+            run._emit("on_step_error", self, error)  # like a failed batch: reported, the run goes on
 
 
 @dataclass
@@ -98,7 +144,8 @@ class BatchGenerate(PipelineStep):
     Each run calls ``func(**kwargs)`` and stores every chunk it yields (``store_chunk``: only
     new or changed rows count as changes downstream). When the generator finishes, rows of the
     outputs that it did not yield in this run are deleted (``delete_stale``). If it raises,
-    nothing is deleted and the run fails.
+    nothing is deleted; the error is reported like a failed batch (the run fails under
+    ``fail_fast``). A ``func`` that declares a ``ds`` parameter receives the ``DataStore``.
 
     Args:
         func: a generator function yielding DataFrames (one output) or tuples of DataFrames

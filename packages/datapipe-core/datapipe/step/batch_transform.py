@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import pandas as pd
-from sqlalchemy import Column
+from sqlalchemy import Column, Integer
 
 from datapipe import keyset
 from datapipe.compute import (
@@ -43,10 +43,10 @@ from datapipe.compute import (
 from datapipe.datatable import DataStore, TableWrite
 from datapipe.errors import ConfigError
 from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
-from datapipe.meta.changes import ChangeQuery, InputKeys, input_key_columns
+from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
-from datapipe.run_config import LabelDict, RunConfig
+from datapipe.run_config import LabelDict, RunConfig, filter_rows
 from datapipe.run_result import attach_failure
 from datapipe.sql.schema import BASIC, python_type
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
@@ -264,6 +264,9 @@ class BaseBatchTransformStep(ComputeStep):
         self.order_by = order_by
         self.order = order
         self.transform_schema = compute_transform_schema(name, self.input_dts, self.output_dts, transform_keys)
+        self.global_batch = not self.transform_schema  # transform_keys=[]: see datapipe.meta.changes
+        if self.global_batch:
+            self.transform_schema = [Column(GLOBAL_KEY, Integer, primary_key=True)]
         self.transform_keys = [str(c.name) for c in self.transform_schema]
         if order_by:
             bad = [c for c in order_by if c not in self.transform_keys]
@@ -271,7 +274,8 @@ class BaseBatchTransformStep(ComputeStep):
                 raise ConfigError(f"step {name!r}: order_by {bad} are not transform keys {self.transform_keys}")
         self.meta = StepMeta(ds.meta_dbconn, name, self.transform_schema, create_table=ds.create_meta_table)
         self.input_columns = [input_key_columns(ci.dt.meta, self.transform_keys, ci.keys) for ci in self.input_dts]
-        warn_untied_inputs(name, self.transform_keys, self.input_dts, self.input_columns)
+        if not self.global_batch:  # one global batch reads every input whole by design
+            warn_untied_inputs(name, self.transform_keys, self.input_dts, self.input_columns)
         self.changes = ChangeQuery(
             self.meta,
             self.transform_keys,
@@ -281,6 +285,11 @@ class BaseBatchTransformStep(ComputeStep):
             ],
         )
         self.meta.plan(self.changes, filters, order_by, order == "desc")
+
+    @property
+    def output_specs(self) -> List[ComputeOutput]:
+        """The outputs as declared: each table with its key mapping (``OutputSpec(keys=...)``)."""
+        return self.output_dts
 
     # ------------------------------------------------------------------ which keys
 
@@ -379,6 +388,9 @@ class BaseBatchTransformStep(ComputeStep):
         run_config = run_config or RunConfig()
         try:
             snapshot = take_snapshot(ds.meta_dbconn)  # before reading: later input changes stay unseen
+            idx = self.filtered_idx(idx, run_config)
+            if len(idx) == 0:
+                return ChangeList()
             frames = self.compute_batch(ds, idx, run_config)
             return self.store_batch_result(ds, idx, frames, snapshot)
         except Exception as e:  # noqa: BLE001 - any error in user code fails only this batch
@@ -389,10 +401,10 @@ class BaseBatchTransformStep(ComputeStep):
         logger.error("step %s: batch of %d keys failed: %s", self.name, len(idx), text)
         attach_failure(error, idx)
         self.meta.mark_failed(idx, time.time(), error_with_traceback(text, error))
+        if run_config.fail_fast:
+            raise error  # the step's lifecycle reports it, once
         if run_config.callback is not None:
             run_config.callback.on_step_error(self, error)
-        if run_config.fail_fast:
-            raise error
         return ChangeList()
 
     def compute_batch(self, ds: DataStore, idx: IndexDF, run_config: RunConfig) -> List[pd.DataFrame]:
@@ -426,6 +438,8 @@ class BaseBatchTransformStep(ComputeStep):
         return frames
 
     def _output_idx(self, co: ComputeOutput, idx: IndexDF) -> Optional[IndexDF]:
+        if self.global_batch:  # one batch over everything: what it returns replaces the whole output
+            return co.dt.meta.get_existing_idx(unconfirmed=True)
         renames = co.keys or {}
         cols = {tk: renames.get(tk, tk) for tk in self.transform_keys if renames.get(tk, tk) in co.primary_keys}
         if not cols:
@@ -451,6 +465,26 @@ class BaseBatchTransformStep(ComputeStep):
 
     # ------------------------------------------------------------------ reading inputs
 
+    def filtered_idx(self, idx: IndexDF, run_config: RunConfig) -> IndexDF:
+        """The keys of ``idx`` that have an input row matching ``run_config.filters`` on a column that is
+        not a transform key (the change query already applied the others). Keys without are left
+        pending for an unfiltered run; their outputs are not touched."""
+        columns = {c for f in normalise_filters(run_config.filters) for c in f} - set(self.transform_keys)
+        if not columns:
+            return idx
+        matched = []
+        for n in range(len(self.input_dts)):
+            data = self.read_input(n, idx)
+            if columns & set(data.columns):
+                cols = self.input_columns[n]
+                keys = filter_rows(data, run_config.filters)[list(cols.values())]
+                matched.append(keys.rename(columns={v: k for k, v in cols.items()}).drop_duplicates())
+        if not matched:
+            return idx
+        keys = pd.concat(matched, ignore_index=True).drop_duplicates()
+        on = [k for k in self.transform_keys if k in keys.columns]
+        return IndexDF(idx.merge(keys[on], on=on) if on else idx)
+
     def _input_idx(self, n: int, idx: pd.DataFrame) -> pd.DataFrame:
         return _project(idx, self.input_columns[n])
 
@@ -460,6 +494,8 @@ class BaseBatchTransformStep(ComputeStep):
             if ci.join_type != "inner":
                 continue
             cols = self.input_columns[n]
+            if not cols:
+                continue
             live = ci.dt.meta.get_existing_idx(self._input_idx(n, idx))
             live = live[list(cols.values())].rename(columns={v: k for k, v in cols.items()}).drop_duplicates()
             idx = IndexDF(idx.merge(live, on=list(cols)))
@@ -509,7 +545,8 @@ class BatchTransformStep(BaseBatchTransformStep):
 
     def compute_batch(self, ds: DataStore, idx: IndexDF, run_config: RunConfig) -> List[pd.DataFrame]:
         live = self.live_idx(idx)
-        inputs = [self.read_input(n, live) for n in range(len(self.input_dts))]
+        # run filters also restrict input rows by columns that are not transform keys (as in 0.15)
+        inputs = [filter_rows(self.read_input(n, live), run_config.filters) for n in range(len(self.input_dts))]
         if all(len(df) == 0 for df in inputs) and "idx" not in self.injected:
             return [pd.DataFrame(columns=co.primary_keys) for co in self.output_dts]
         available = {"idx": idx, "ds": ds, "run_config": run_config}

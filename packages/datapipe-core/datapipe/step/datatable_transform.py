@@ -96,6 +96,7 @@ class DatatableTransform(PipelineStep):
         check_for_changes: run only when an input changed (default); ``False`` runs every time.
         kwargs: passed to ``func``.
         labels: ``[("key", "value"), ...]`` tags for CLI selection.
+        name: the step's name; by default derived from ``func`` and the tables, as in 0.15.
 
     Example:
         ```python
@@ -114,11 +115,12 @@ class DatatableTransform(PipelineStep):
     check_for_changes: bool = True
     kwargs: Optional[Dict[str, Any]] = None
     labels: Optional[Labels] = None
+    name: Optional[str] = None
 
     def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
         inputs = resolve_inputs(ds, catalog, self.inputs)
         outputs = resolve_outputs(ds, catalog, self.outputs)
-        name = step_name(self.func, "DatatableTransform", inputs, outputs)
+        name = self.name or step_name(self.func, "DatatableTransform", inputs, outputs)
         return [
             DatatableTransformStep(
                 ds, name, self.func, inputs, outputs, self.check_for_changes, self.kwargs, self.labels

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, StepRun, resolve_outputs
+from datapipe.compute import Catalog, ComputeOutput, ComputeStep, PipelineStep, StepRun, resolve_outputs, step_name
 from datapipe.datatable import DataStore, TableWrite
 from datapipe.executor import Executor, batch_stats
 from datapipe.run_config import RunConfig
@@ -44,7 +44,7 @@ class UpdateExternalTable(PipelineStep):
     Each run reads every row of the store (in chunks, hashing the content), and records in the
     metadata the rows that are new, changed or gone since the last scan, so that steps reading
     the table process exactly those. It never writes the store. Put it before the steps that
-    read the table. The step is named ``update_<table name>``.
+    read the table. The step is named ``update_<table name>_<hash>`` as in datapipe 0.15.
 
     Args:
         output: the table (catalog name, ``Table`` or ORM class) written by someone else: a
@@ -65,4 +65,5 @@ class UpdateExternalTable(PipelineStep):
 
     def build_compute(self, ds: DataStore, catalog: Catalog) -> List[ComputeStep]:
         outputs = resolve_outputs(ds, catalog, [self.output])
-        return [UpdateExternalTableStep(f"update_{outputs[0].name}", [], outputs, self.labels)]
+        name = step_name(None, "UpdateExternalTable", [], outputs, base=f"update_{outputs[0].name}")
+        return [UpdateExternalTableStep(name, [], outputs, self.labels)]

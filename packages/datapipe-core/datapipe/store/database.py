@@ -15,13 +15,13 @@ from datapipe import keyset
 from datapipe.errors import mask_url
 from datapipe.run_config import RunConfig
 from datapipe.sql.bulk import bulk_upsert
-from datapipe.sql.connection import DBConn, offline
+from datapipe.sql.connection import DBConn, no_table_creation, offline
 from datapipe.sql.rows import MAX_PARAMS, fetch_rows, key_chunks, key_filter, rows_to_df
 from datapipe.sql.schema import MetaKey, check_values, copy_column
 from datapipe.store.table_store import TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
 
-__all__ = ["DBConn", "MetaKey", "TableStoreDB", "offline"]
+__all__ = ["DBConn", "MetaKey", "TableStoreDB", "no_table_creation", "offline"]
 
 
 class TableStoreDB(TableStore):

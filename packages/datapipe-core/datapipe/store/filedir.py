@@ -9,6 +9,11 @@ otherwise); an adapter turns a file into the row's data columns and back:
 * ``PILFile(format)``: an ``image`` column with a ``PIL.Image`` (extra ``datapipe-core[image]``);
 * ``PandasParquetFile()``: a ``data`` column with a DataFrame (extra ``datapipe-core[parquet]``).
 
+``JSONFile`` writes bytes values as base64 text; ``PILFile`` also accepts numpy arrays and base64
+strings of image files. A ``(png|jpg|jpeg)`` group in the pattern lists alternative spellings:
+reads find a file under any of them (the first listed wins when several exist), deletes remove
+whichever exists, writes use the first.
+
 Key values are written into file names with ``str()`` (DateTime keys as ``2024-01-02T03-04-05.000000``)
 and must not contain ``/``. Patterns may hold several keys (``{a}/{b}.json``), fsspec URLs (``memory://``, ``file://``, ``s3://``)
 or local paths. A ``*`` in the pattern matches any text and makes the store read-only (the store
@@ -18,7 +23,9 @@ cannot know where to write). Reads list the folder with one ``glob`` and fetch t
 
 from __future__ import annotations
 
+import base64
 import io
+import itertools
 import json
 import re
 from abc import ABC, abstractmethod
@@ -34,6 +41,7 @@ from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF
 
 _KEY_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ALT_RE = re.compile(r"\(([^()/|]+(?:\|[^()/|]+)+)\)")  # (png|jpg|jpeg)
 # DateTime keys in file names: no ':' (not allowed on Windows and some object stores)
 _DATETIME_KEY_FORMAT = "%Y-%m-%dT%H-%M-%S.%f"
 
@@ -85,6 +93,8 @@ def _json_default(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")  # as datapipe 0.15: bytes as base64 text
     raise TypeError(f"JSONFile cannot store a {type(value).__name__}")
 
 
@@ -124,14 +134,30 @@ class PILFile(FileAdapter):
 
     def dump(self, row: Dict[str, Any]) -> bytes:
         buf = io.BytesIO()
-        row[self.column].save(buf, format=self.format)
+        self.to_image(row[self.column]).save(buf, format=self.format)
         return buf.getvalue()
+
+    @staticmethod
+    def to_image(value: Any) -> Any:
+        """A ``PIL.Image`` from an image, a numpy array (``Image.fromarray``) or a base64 string of an
+        encoded image file (what datapipe 0.15 accepted)."""
+        from PIL import Image
+
+        if isinstance(value, np.ndarray):
+            return Image.fromarray(value)
+        if isinstance(value, str):
+            return Image.open(io.BytesIO(base64.b64decode(value)))
+        if isinstance(value, (bytes, bytearray)):
+            return Image.open(io.BytesIO(bytes(value)))
+        return value
 
     def data_columns(self) -> List[str]:
         return [self.column]
 
     def hashable(self, value: Any) -> Any:
-        if hasattr(value, "tobytes"):
+        if isinstance(value, np.ndarray):
+            return f"ndarray:{value.dtype.str}:{value.shape}:{value.tobytes().hex()}"
+        if hasattr(value, "mode") and hasattr(value, "tobytes"):
             return f"{value.mode}:{value.size}:{value.tobytes().hex()}"
         return value
 
@@ -139,12 +165,12 @@ class PILFile(FileAdapter):
 class PandasParquetFile(FileAdapter):
     """A whole DataFrame per file (parquet) in a ``data`` column."""
 
-    def __init__(self, column: str = "data") -> None:
+    def __init__(self, column: str = "data", pandas_column: Optional[str] = None) -> None:
         try:
             import pyarrow  # noqa: F401
         except ImportError as e:
             raise _missing_extra("PandasParquetFile", "pyarrow", "parquet", e) from None
-        self.column = column
+        self.column = pandas_column or column  # ``pandas_column`` is datapipe 0.15's name
 
     def load(self, content: bytes) -> Dict[str, Any]:
         return {self.column: pd.read_parquet(io.BytesIO(content))}
@@ -164,18 +190,41 @@ class PandasParquetFile(FileAdapter):
         return value
 
 
+def _literal_regex(literal: str) -> str:
+    """Regex for a literal part of a pattern: ``*`` matches any text, ``(a|b)`` either alternative."""
+    out, last = "", 0
+    for m in _ALT_RE.finditer(literal):
+        out += re.escape(literal[last : m.start()]).replace(r"\*", "[^/]*")
+        out += "(?:" + "|".join(re.escape(a) for a in m.group(1).split("|")) + ")"
+        last = m.end()
+    return out + re.escape(literal[last:]).replace(r"\*", "[^/]*")
+
+
+def _substitute(literals: List[str], picks: Iterator[str]) -> List[str]:
+    """``literals`` with each ``(a|b)`` group replaced by the next of ``picks``."""
+    return [_ALT_RE.sub(lambda _m: next(picks), lit) for lit in literals]
+
+
 class _Pattern:
-    """A filename pattern split into literal parts and ``{key}`` names."""
+    """A filename pattern split into literal parts and ``{key}`` names.
+
+    ``(png|jpg)`` groups in literal parts are alternatives: reads accept any of them, writes use
+    the first. ``variants`` are the literal parts for each combination, the writing one first.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.keys = _KEY_RE.findall(path)
         self.literals = _KEY_RE.split(path)[::2]
         self.has_wildcard = "*" in path
-        self.glob = _KEY_RE.sub("*", path)
+        self.glob = _ALT_RE.sub("*", _KEY_RE.sub("*", path))
+        choices = [m.split("|") for lit in self.literals for m in _ALT_RE.findall(lit)]
+        self.variants: List[List[str]] = []
+        for combo in itertools.product(*choices):
+            self.variants.append(_substitute(self.literals, iter(combo)))
         regex = ""
         for i, lit in enumerate(self.literals):
-            regex += re.escape(lit).replace(r"\*", "[^/]*")
+            regex += _literal_regex(lit)
             if i < len(self.keys):
                 regex += f"(?P<{self.keys[i]}>[^/]+?)"
         self.regex = re.compile(regex + "$")
@@ -190,10 +239,12 @@ class _Pattern:
         found["__path"] = series
         return found.dropna().reset_index(drop=True)
 
-    def format(self, idx: pd.DataFrame) -> pd.Series:
-        """The path of every row of ``idx`` (vectorised string concatenation)."""
-        out = pd.Series([self.literals[0]] * len(idx), index=idx.index, dtype=object)
-        for key, lit in zip(self.keys, self.literals[1:]):
+    def format(self, idx: pd.DataFrame, variant: int = 0) -> pd.Series:
+        """The path of every row of ``idx`` (vectorised string concatenation); ``variant`` picks the
+        alternatives (0: the first of each, used for writing)."""
+        literals = self.variants[variant]
+        out = pd.Series([literals[0]] * len(idx), index=idx.index, dtype=object)
+        for key, lit in zip(self.keys, literals[1:]):
             out = out + _key_text(idx[key]) + lit
         return out
 
@@ -294,7 +345,7 @@ class TableStoreFiledir(TableStore):
                     df[name] = pd.to_datetime(df[name])
         return df
 
-    def _paths(self, idx: pd.DataFrame) -> pd.Series:
+    def _paths(self, idx: pd.DataFrame, variant: int = 0) -> pd.Series:
         missing = [k for k in self.primary_keys if k not in idx.columns]
         if missing:
             raise ValueError(f"{self.describe()}: rows are missing key column(s) {missing}")
@@ -307,7 +358,13 @@ class TableStoreFiledir(TableStore):
                 raise ValueError(
                     f"{self.describe()}: key {key!r} values may not contain '/', got {text[bad].iloc[0]!r}"
                 )
-        return self.pattern.format(idx)
+        return self.pattern.format(idx, variant)
+
+    def _candidate_paths(self, idx: pd.DataFrame) -> pd.DataFrame:
+        """``idx`` with a ``__path`` column, one row per alternative path of each key (writing one first)."""
+        keys = idx.reset_index(drop=True)
+        parts = [keys.assign(__path=self._paths(keys, v).to_numpy()) for v in range(len(self.pattern.variants))]
+        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
     def _list(self) -> pd.DataFrame:
         """Every file matching the pattern: typed key columns + ``__path`` (one glob)."""
@@ -351,6 +408,8 @@ class TableStoreFiledir(TableStore):
             contents = {self.fs._strip_protocol(k): v for k, v in contents.items()}
             present = listing["__path"].map(lambda p: p in contents).to_numpy(dtype=bool)
             listing, out = listing[present].reset_index(drop=True), out[present].reset_index(drop=True)
+            first = ~listing.duplicated(self.primary_keys).to_numpy()  # a key with files of several suffixes
+            listing, out = listing[first].reset_index(drop=True), out[first].reset_index(drop=True)
             rows = [self._decode(p, contents[p]) for p in listing["__path"]]
             data = pd.DataFrame.from_records(rows, index=out.index) if rows else pd.DataFrame(index=out.index)
             data = data.drop(columns=[c for c in data.columns if c in out.columns or c == "filepath"])
@@ -379,7 +438,8 @@ class TableStoreFiledir(TableStore):
         if self.pattern.has_wildcard or not self.read_data:
             listing = self._list()
             return self._load(listing.merge(self._typed(keys), on=self.primary_keys, how="inner"))
-        listing = keys.reset_index(drop=True).assign(__path=self._paths(keys).map(self.fs._strip_protocol).to_numpy())
+        listing = self._candidate_paths(keys)
+        listing["__path"] = listing["__path"].map(self.fs._strip_protocol)
         return self._load(listing)
 
     def _typed(self, keys: pd.DataFrame) -> pd.DataFrame:
@@ -435,9 +495,9 @@ class TableStoreFiledir(TableStore):
         if len(idx) == 0 or not self.enable_rm:
             return
         self._check_writable("delete rows")
-        paths = self._paths(idx[self.primary_keys]).tolist()
+        paths = self._candidate_paths(idx[self.primary_keys])["__path"].tolist()
         try:
-            if getattr(self.fs, "async_impl", False):
+            if getattr(self.fs, "async_impl", False) and len(self.pattern.variants) == 1:
                 self.fs.rm(paths)  # remote object stores delete a whole list in few requests
             else:
                 self._rm_each(paths)

@@ -8,6 +8,7 @@ or fsspec URLs. Key columns are converted to the types of ``primary_schema`` on 
 
 from __future__ import annotations
 
+import datetime
 import io
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -22,24 +23,40 @@ _CAPS = TableStoreCaps(supports_get_schema=False)
 
 
 def cast_key_columns(df: pd.DataFrame, schema: DataSchema) -> pd.DataFrame:
-    """``df`` with its key columns converted to the Python types of ``schema``'s columns."""
+    """``df`` with the columns of ``schema`` (added when missing) converted to their declared types.
+
+    Integers with nulls become pandas' nullable ``Int64``; ``Date`` columns hold ``datetime.date``
+    values, ``DateTime`` columns datetime64; strings keep nulls as None.
+    """
     for col in schema:
         name = str(col.name)
         if name not in df.columns:
-            df[name] = pd.Series(dtype=object)
-        try:
-            python_type = col.type.python_type
-        except NotImplementedError:
-            continue
-        if python_type is int:
-            df[name] = pd.to_numeric(df[name]).astype("int64")
-        elif python_type is float:
-            df[name] = pd.to_numeric(df[name]).astype("float64")
-        elif python_type is str:
-            df[name] = df[name].astype(str) if len(df) else df[name].astype(object)
-        elif python_type.__name__ == "datetime":
-            df[name] = pd.to_datetime(df[name])
+            df[name] = pd.Series([None] * len(df), dtype=object, index=df.index)
+        python_type = _python_type(col)
+        if python_type is not None:
+            df[name] = _cast(df[name], python_type)
     return df
+
+
+def _cast(values: pd.Series, python_type: Any) -> pd.Series:
+    if python_type is int:
+        numbers = pd.to_numeric(values)
+        return numbers.astype("Int64" if numbers.isna().any() else "int64")
+    if python_type is float:
+        return pd.to_numeric(values).astype("float64")
+    if python_type is bool:
+        return values.astype("boolean" if values.isna().any() else bool)
+    if python_type is str:
+        present = values.notna()
+        out = values.astype(object).where(present, None)
+        out[present] = values[present].astype(str)
+        return out
+    if python_type is datetime.datetime:
+        return pd.to_datetime(values)
+    if python_type is datetime.date:
+        stamps = pd.to_datetime(values)
+        return stamps.dt.date.astype(object).where(stamps.notna(), None)
+    return values
 
 
 class _FsspecSingleFile(TableDataSingleFileStore):
@@ -52,7 +69,7 @@ class _FsspecSingleFile(TableDataSingleFileStore):
         self.fs, self.path = fsspec.core.url_to_fs(self.filename)
 
     def __getstate__(self) -> Dict[str, Any]:
-        return {"filename": self.filename, "primary_schema": self.primary_schema}
+        return {"filename": self.filename, "primary_schema": self.declared_schema}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -77,8 +94,11 @@ class _FsspecSingleFile(TableDataSingleFileStore):
             raise StoreError(f"{self.describe()}: writing failed: {e}") from e
 
     def _with_keys_first(self, df: pd.DataFrame) -> pd.DataFrame:
-        df = cast_key_columns(df, self.primary_schema)
+        df = cast_key_columns(df, self.declared_schema)
         return df[self.primary_keys + [c for c in df.columns if c not in self.primary_keys]]
+
+    def empty_frame(self) -> pd.DataFrame:
+        return self._with_keys_first(pd.DataFrame())
 
 
 class TableStoreJsonLine(_FsspecSingleFile):
@@ -127,7 +147,7 @@ class TableStoreExcel(_FsspecSingleFile):
         content = self._read_bytes()
         if content is None:
             return None
-        str_keys = {str(c.name): str for c in self.primary_schema if _python_type(c) is str}
+        str_keys = {str(c.name): str for c in self.declared_schema if _python_type(c) is str}
         df = pd.read_excel(io.BytesIO(content), engine="openpyxl", dtype=str_keys)
         return self._with_keys_first(df)
 

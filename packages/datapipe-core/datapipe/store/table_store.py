@@ -191,6 +191,9 @@ class TableDataSingleFileStore(TableStore):
     """Base for stores that keep the whole table in one file (JSON lines, Excel).
 
     Subclasses implement ``load_file`` and ``save_file``; writes rewrite the file.
+    ``primary_schema`` may declare every column, as in datapipe 0.15: the columns marked
+    ``primary_key`` are the keys (all of them when none is marked), the others are read back
+    with their declared types (``get_schema`` returns them all).
     """
 
     caps = TableStoreCaps(supports_get_schema=False)
@@ -199,10 +202,14 @@ class TableDataSingleFileStore(TableStore):
         if primary_schema is None:
             primary_schema = [Column("id", String, primary_key=True)]
         self.filename = str(filename)
-        self.primary_schema = primary_schema
+        self.declared_schema = list(primary_schema)
+        self.primary_schema = [c for c in primary_schema if c.primary_key] or list(primary_schema)
 
     def get_primary_schema(self) -> DataSchema:
         return self.primary_schema
+
+    def get_schema(self) -> DataSchema:
+        return self.declared_schema
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.filename})"
@@ -218,8 +225,12 @@ class TableDataSingleFileStore(TableStore):
     def _load(self) -> pd.DataFrame:
         df = self.load_file()
         if df is None:
-            return pd.DataFrame(columns=self.primary_keys)
+            return self.empty_frame()
         return df
+
+    def empty_frame(self) -> pd.DataFrame:
+        """No rows, with the declared columns."""
+        return pd.DataFrame(columns=[str(c.name) for c in self.declared_schema])
 
     def insert_rows(self, df: DataDF) -> None:
         if len(df) == 0:

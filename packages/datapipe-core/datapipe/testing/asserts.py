@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Union
 
 import pandas as pd
 
@@ -10,6 +10,7 @@ from datapipe.types import IndexDF
 
 if TYPE_CHECKING:
     from datapipe.datatable import DataTable
+    from datapipe.store.table_store import TableStore
 
 
 def _normalise(df: pd.DataFrame, index_cols: List[str]) -> pd.DataFrame:
@@ -34,11 +35,15 @@ def assert_datatable_equal(dt: DataTable, df: pd.DataFrame) -> bool:
     return assert_df_equal(dt.get_data(), df, index_cols=dt.primary_keys)
 
 
-def assert_ts_contains(dt: DataTable, df: pd.DataFrame) -> bool:
-    """Every row of ``df`` is in the table's data."""
-    keys = dt.primary_keys
-    data = dt.get_data(IndexDF(df[keys]))
-    assert_df_equal(data, df, index_cols=keys)
+def assert_ts_contains(ts: Union[TableStore, DataTable], df: pd.DataFrame) -> bool:
+    """Every row of ``df`` is in the store ``ts`` (read by its primary keys), as datapipe 0.15 does it.
+
+    A ``DataTable`` is accepted too (its store is read).
+    """
+    store = ts.table_store if hasattr(ts, "table_store") else ts
+    keys = store.primary_keys
+    data = store.read_rows(IndexDF(df[keys]))
+    assert_df_equal(data[list(df.columns)] if set(df.columns) <= set(data.columns) else data, df, index_cols=keys)
     return True
 
 
