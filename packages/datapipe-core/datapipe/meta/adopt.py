@@ -32,6 +32,9 @@ Phases, in order:
    version counter. Once it has committed the database is adopted and a re-run changes nothing.
 
 ``datapipe db adopt [--dry-run]`` runs it for a pipeline; the 0.15 deployment must be stopped.
+Hashes are computed from what the stores hold at adoption, so a change made to a store behind
+Datapipe's back (a folder tracked by ``UpdateExternalTable``) after 0.15's last scan counts as
+seen: let 0.15 finish a complete run first.
 """
 
 from __future__ import annotations
