@@ -77,7 +77,7 @@ def test_serves_the_quickstart_read_only_with_a_token_from_the_environment(quick
         assert httpx.get(f"{url}/api/steps").status_code == 401
         auth = {"Authorization": "Bearer env-token"}
         steps = httpx.get(f"{url}/api/steps", headers=auth).json()["steps"]
-        assert [s["name"] for s in steps][0] == "update_products"
+        assert [s["name"] for s in steps][0] == "update_products_90f135ef85"  # the 0.15 step name
         refused = httpx.post(f"{url}/api/runs", json={}, headers=auth)
         assert refused.status_code == 403 and "read-only" in refused.json()["error"]
     finally:
