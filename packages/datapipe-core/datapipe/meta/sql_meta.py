@@ -54,7 +54,6 @@ from sqlalchemy import (
     Table,
     and_,
     func,
-    literal_column,
     or_,
     select,
     update,
@@ -62,7 +61,7 @@ from sqlalchemy import (
 
 from datapipe import keyset
 from datapipe.errors import DatapipeError, mask_url
-from datapipe.meta.versions import Snapshot, declare_counter, unseen_rows, version_sql
+from datapipe.meta.versions import Snapshot, declare_counter, stamp_upsert, unseen_rows, version_value
 from datapipe.sql.bulk import bulk_upsert_values, value_kind
 from datapipe.sql.connection import DBConn
 from datapipe.sql.rows import (
@@ -226,9 +225,9 @@ class TableMeta:
         columns = [*cols, "hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
         lists = [python_values(keys[c]) for c in cols]
         lists += [hashes.tolist(), create_ts.tolist(), [now] * n, [now] * n, [None] * n]
-        kinds = [keys[c].dtype.kind for c in cols] + ["i", "f", "f", "f", "O"]
+        kinds: List[str] = [str(keys[c].dtype.kind) for c in cols] + ["i", "f", "f", "f", "O"]
         with self.dbconn.begin() as con:
-            version = {"version": version_sql(con)}
+            version = stamp_upsert(con, columns, lists, kinds)
             bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys, extra=version)
 
     def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any], versioned: bool = False) -> None:
@@ -236,7 +235,7 @@ class TableMeta:
             return
         with self.dbconn.begin() as con:
             if versioned:
-                values = {**values, "version": literal_column(version_sql(con))}
+                values = {**values, "version": version_value(con)}
             for chunk in key_chunks(idx[self.primary_keys]):
                 con.execute(update(self.sql_table).where(key_filter(self.sql_table, chunk)).values(**values))
 

@@ -39,9 +39,9 @@ watermark snapshot (an index range scan on ``version``, plus point lookups of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import BigInteger, Column, Integer, String, and_, cast, literal, or_
+from sqlalchemy import BigInteger, Column, Integer, String, and_, cast, literal, literal_column, or_
 from sqlalchemy.engine import Connection
 
 from datapipe.sql.connection import DBConn, table_creation_allowed
@@ -106,15 +106,29 @@ def write_version(con: Connection) -> int:
 PG_WRITE_VERSION = "pg_current_xact_id()::text::bigint"
 
 
-def version_sql(con: Connection) -> str:
-    """SQL for the version of the write transaction ``con`` is in, to write into metadata rows.
+def version_value(con: Connection) -> Any:
+    """The version of the write transaction ``con`` is in, as a value for an ``UPDATE``'s ``SET``.
 
-    PostgreSQL: the expression itself (evaluated by the server, no extra round trip). SQLite: the
-    counter value of this transaction (``write_version``) as a literal integer.
+    PostgreSQL: the SQL expression (evaluated by the server: no round trip). SQLite: the number.
     """
     if con.dialect.name == "postgresql":
-        return PG_WRITE_VERSION
-    return str(int(write_version(con)))
+        return literal_column(PG_WRITE_VERSION)
+    return write_version(con)
+
+
+def stamp_upsert(con: Connection, columns: List[str], lists: List[List[Any]], kinds: List[str]) -> Dict[str, str]:
+    """Add the write's ``version`` column to a bulk upsert of ``columns``/``lists``/``kinds``.
+
+    PostgreSQL: returned as an SQL expression for ``bulk_upsert_values(extra=...)``, the same text for
+    every statement (so it caches). SQLite: appended as a bound column holding the counter value.
+    """
+    if con.dialect.name == "postgresql":
+        return {"version": PG_WRITE_VERSION}
+    n = len(lists[0]) if lists else 0
+    columns.append("version")
+    lists.append([write_version(con)] * n)
+    kinds.append("i")
+    return {}
 
 
 _PG_SNAPSHOT = (
