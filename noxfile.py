@@ -115,6 +115,18 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def bench_015(session: nox.Session) -> None:
+    """This Datapipe next to datapipe-core 0.15.0 on the same workload (not a default session)."""
+    install_core(session, "postgres")
+    venv = Path(session.virtualenv.location).parent / "bench-015"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(venv), external=True)
+    session.run(str(python), "-m", "pip", "install", "-q", "datapipe-core==0.15.0", "psycopg2-binary", external=True)
+    session.run("python", "benchmarks/vs_015.py", "--python015", str(python), *session.posargs)
+
+
+@nox.session
 def bench_ray(session: nox.Session) -> None:
     """Ray executor speed-up vs single-threaded on a local 2-CPU Ray (not a default session)."""
     install_core(session, "ray,postgres")

@@ -67,11 +67,11 @@ def _one_input_pipeline(url: str, chunk_size: int) -> Tuple[Any, List[Any]]:
     return ds, steps
 
 
-def dp_load(url: str, n: int, chunk_size: int) -> Dict[str, float]:
+def dp_load(url: str, n: int, chunk_size: int, load_chunk: int = 10_000) -> Dict[str, float]:
     ds, _ = _one_input_pipeline(url, chunk_size)
     inp = ds.get_table("inp")
     df = input_frame(n)
-    step = 10_000
+    step = load_chunk
 
     def load() -> None:
         for i in range(0, n, step):
