@@ -32,6 +32,7 @@ import click
 import pandas as pd
 
 from datapipe.compute import ComputeStep, DatapipeApp, run_steps
+from datapipe.errors import mask_url
 from datapipe.executor import Executor
 from datapipe.run_callback import CompositeRunCallback, RunCallback
 from datapipe.run_config import RunConfig
@@ -42,21 +43,13 @@ logger = logging.getLogger("datapipe.cli")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]*@")
-
-
-def mask_text(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
-
-
 class CliError(click.ClickException):
     """A failure reported as one line (passwords masked) with exit code 1."""
 
     exit_code = EXIT_FAILED
 
     def __init__(self, message: str) -> None:
-        super().__init__(mask_text(message))
+        super().__init__(mask_url(message))
 
 
 class CliUsageError(CliError):
@@ -69,7 +62,7 @@ def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     first = text[0] if text else ""
     name = type(error).__name__
-    return mask_text(f"{name}: {first}" if first else name)
+    return mask_url(f"{name}: {first}" if first else name)
 
 
 # ---------------------------------------------------------------- context
@@ -267,8 +260,8 @@ class _OneLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if self.debug:
-            return mask_text(super().format(record))
-        return mask_text(self.formatMessage(_with_message(record)).splitlines()[0])
+            return mask_url(super().format(record))
+        return mask_url(self.formatMessage(_with_message(record)).splitlines()[0])
 
 
 def _with_message(record: logging.LogRecord) -> logging.LogRecord:
@@ -329,7 +322,7 @@ def _run_once(
     run_config = RunConfig(callback=obj.callbacks(progress))
     result = run_steps(obj.app.ds, steps, run_config=run_config, executor=executor, fail_fast=fail_fast)
     if not result.ok:
-        click.echo(mask_text(f"Error: {format_failures(result, debug=obj.debug)}"), err=True)
+        click.echo(mask_url(f"Error: {format_failures(result, debug=obj.debug)}"), err=True)
         hint = "" if obj.debug else "; --debug shows full tracebacks"
         click.echo(f"  (failed keys are retried on the next run; see: datapipe step list --status{hint})", err=True)
         return EXIT_FAILED
@@ -421,7 +414,7 @@ def _step_status(obj: CliContext, s: ComputeStep) -> List[Any]:
     st = s.get_status(obj.app.ds)
     if st.failed_idx_count is None:
         return ["-", "-", "-", ""]
-    error = mask_text(st.last_error.splitlines()[0] if st.last_error else "")
+    error = mask_url(st.last_error.splitlines()[0] if st.last_error else "")
     return [st.total_idx_count, st.changed_idx_count, st.failed_idx_count, error[:100]]
 
 
@@ -567,7 +560,7 @@ def table_list(obj: CliContext) -> None:
     for name in sorted(app.catalog.catalog):
         dt = app.catalog.get_datatable(app.ds, name)
         text = dt.table_store.describe()
-        rows.append([name, store_kind(dt.table_store), mask_text(text), dt.get_size()])
+        rows.append([name, store_kind(dt.table_store), mask_url(text), dt.get_size()])
     print_table(["table", "kind", "store", "rows"], rows)
 
 
@@ -580,7 +573,6 @@ def db() -> None:
 @click.pass_obj
 def db_create_all(obj: CliContext) -> None:
     """Create every metadata and SQL data table of the pipeline (existing tables are kept)."""
-    from datapipe.errors import mask_url
     from datapipe.sql.connection import DBConn
     from datapipe.store.database import TableStoreDB
 
@@ -603,7 +595,6 @@ def db_create_all(obj: CliContext) -> None:
 def db_upgrade(obj: CliContext) -> None:
     """Upgrade a metadata database written by an earlier Datapipe to change versions, keeping what
     every step has processed (keys pending before the upgrade stay pending)."""
-    from datapipe.errors import mask_url
     from datapipe.meta.upgrade import upgrade_metadata
     from datapipe.step.batch_transform import BaseBatchTransformStep
 
@@ -627,7 +618,7 @@ def db_adopt(obj: CliContext, dry_run: bool) -> None:
     that 0.15 had already processed. Stop the 0.15 runners first. Safe to re-run or interrupt."""
     from datapipe.meta.adopt import AdoptRefused, adopt_metadata
     from datapipe.step.batch_transform import BaseBatchTransformStep
-    from datapipe.store.database import mask_url, no_table_creation
+    from datapipe.store.database import no_table_creation
 
     with no_table_creation():  # loading the pipeline must not change a database adopt may refuse
         app = obj.app
@@ -636,7 +627,7 @@ def db_adopt(obj: CliContext, dry_run: bool) -> None:
     try:
         report = adopt_metadata(app.ds.meta_dbconn, tables, steps, dry_run=dry_run)
     except AdoptRefused as e:
-        raise CliError(f"adopt refused, nothing was changed: {mask_text(str(e))}") from e
+        raise CliError(f"adopt refused, nothing was changed: {mask_url(str(e))}") from e
     except Exception as e:
         raise CliError(
             f"adopt of {mask_url(app.ds.meta_dbconn.connstr)} failed: {_one_line(e)} (re-run it to finish)"

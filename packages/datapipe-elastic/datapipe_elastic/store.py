@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 import pandas as pd
 from sqlalchemy import Column
 
-from datapipe.errors import mask_url
+from datapipe.errors import mask_url, redact
 from datapipe.run_config import RunConfig
 from datapipe.store.json_codec import decode_frame, dumps, empty_frame, encode_column
 from datapipe.store.table_store import SchemaStore, StoreError, TableStoreCaps
@@ -163,9 +163,7 @@ class ElasticStore(SchemaStore):
         return self._client
 
     def _scrub(self, text: str) -> str:
-        for secret in secrets_of(self.es_kwargs):
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, secrets_of(self.es_kwargs))
 
     def _fail(self, action: str, detail: str) -> StoreError:
         return StoreError(

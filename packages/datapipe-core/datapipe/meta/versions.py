@@ -81,6 +81,9 @@ def declare_counter(dbconn: DBConn, create: bool) -> None:
             con.execute(table.insert().prefix_with("OR IGNORE").values(id=1, version=0))
 
 
+PG_WRITE_VERSION = "pg_current_xact_id()::text::bigint"
+
+
 def write_version(con: Connection) -> int:
     """The version of the write transaction ``con`` is in (called before writing metadata rows).
 
@@ -101,9 +104,6 @@ def write_version(con: Connection) -> int:
         ).scalar_one()
     con.info["datapipe_version"] = (tx, int(value))
     return int(value)
-
-
-PG_WRITE_VERSION = "pg_current_xact_id()::text::bigint"
 
 
 def version_value(con: Connection) -> Any:
