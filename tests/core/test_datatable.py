@@ -121,3 +121,13 @@ def test_meta_key_columns_are_copied_into_metadata(ds, dbconn):
     table.store_chunk(pd.DataFrame({"id": [1, 2], "owner": [10, 20], "a": ["x", "y"]}))
     meta = table.get_metadata().set_index("id")
     assert meta.loc[1, "owner"] == 10 and meta.loc[2, "owner"] == 20
+
+
+def test_keys_new_to_the_metadata_but_present_in_the_store_are_replaced(dt):
+    """A first write of keys (a plain insert on PostgreSQL) still replaces store rows the metadata
+    never recorded, e.g. rows written to the table directly."""
+    dt.table_store.insert_rows(df(range(30), prefix="stray"))
+    changed = dt.store_chunk(df(range(40)))
+    assert_idx_equal(changed, pd.DataFrame({"id": range(40)}))
+    assert_datatable_equal(dt, df(range(40)))
+    assert dt.get_size() == 40

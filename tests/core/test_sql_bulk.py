@@ -150,3 +150,40 @@ def test_composite_key_filter_selects_the_same_rows_as_python(dbconn: DBConn, ke
         con.execute(table.delete().where(key_filter(table, idx)))
         left = {tuple(r) for r in con.execute(select(table)).fetchall()}
     assert left == {k for k in universe if k not in wanted}
+
+
+@pytest.mark.parametrize("n", [3, UNNEST_MIN_ROWS + 7])
+def test_rows_believed_new_that_exist_are_upserted(dbconn: DBConn, n: int) -> None:
+    """``new=True`` is a belief: keys that exist after all are updated, in the same transaction."""
+    table = _table(dbconn)
+    df = _frame(n)
+    with dbconn.begin() as con:
+        bulk_upsert(con, table, df.iloc[: n // 2], list(df.columns), ["id"])
+    changed = df.assign(s="new", f=2.5)
+    with dbconn.transaction() as con:
+        bulk_upsert(con, table, changed.iloc[:1], list(df.columns), ["id"])  # earlier write, same transaction
+        bulk_upsert(con, table, changed, list(df.columns), ["id"], new=True)
+    assert _read(dbconn, table) == _normalise(_expected(changed))
+
+
+def test_rows_believed_new_are_inserted(dbconn: DBConn) -> None:
+    table = _table(dbconn)
+    df = _frame(UNNEST_MIN_ROWS + 7)
+    with dbconn.begin() as con:
+        bulk_upsert(con, table, df, list(df.columns), ["id"], new=True)
+    assert _read(dbconn, table) == _normalise(_expected(df))
+
+
+def test_other_integrity_errors_of_new_rows_are_raised(dbconn: DBConn) -> None:
+    from sqlalchemy import UniqueConstraint
+    from sqlalchemy.exc import IntegrityError
+
+    table = Table("bulk_u", MetaData(), Column("id", Integer, primary_key=True), Column("s", String),
+                  UniqueConstraint("s"))
+    with dbconn.con.begin() as con:
+        table.create(con)
+    df = pd.DataFrame({"id": range(UNNEST_MIN_ROWS + 1), "s": ["same"] * (UNNEST_MIN_ROWS + 1)})
+    with pytest.raises(IntegrityError):
+        with dbconn.begin() as con:
+            bulk_upsert(con, table, df, ["id", "s"], ["id"], new=True)
+    assert _read(dbconn, table) == []

@@ -155,7 +155,8 @@ class DataTable:
         hashes = self.table_store.hash_rows(DataDF(df)).to_numpy()
         pos = self._match_existing(df, existing)
         alive = pos >= 0
-        if alive.any():
+        new = not alive.any()  # no key of ``df`` was ever recorded: a first write of all of them
+        if not new:
             take = np.where(alive, pos, 0)
             alive &= existing["delete_ts"].isna().to_numpy()[take]
             changed_mask = ~alive | (existing["hash"].to_numpy()[take] != hashes)
@@ -166,12 +167,15 @@ class DataTable:
         all_changed = bool(changed_mask.all())
         changed_df = df if all_changed else df[changed_mask]
         if write_store and len(changed_df):
-            self.table_store.insert_rows(DataDF(changed_df))
+            if new:
+                self.table_store.insert_new_rows(DataDF(changed_df))
+            else:
+                self.table_store.insert_rows(DataDF(changed_df))
             if fault_hook is not None:
                 fault_hook("after_data_write", self)
         meta_cols = [c for c in self.meta.meta_keys if c in df.columns]
         changed_keys = keyset.select(changed_df, [*keys, *meta_cols])
-        self.meta.upsert_changed(changed_keys, hashes[changed_mask], create_ts[changed_mask], now)
+        self.meta.upsert_changed(changed_keys, hashes[changed_mask], create_ts[changed_mask], now, new=new)
         if not all_changed:
             self.meta.touch(IndexDF(keyset.select(df[~changed_mask], keys)), now)
         return IndexDF(keyset.select(changed_df, keys).reset_index(drop=True))

@@ -4,13 +4,23 @@ A step computes which keys need processing and hands the executor an iterator of
 batches plus the function that processes one batch. ``SingleThreadExecutor`` runs them in
 order in this process; ``datapipe.executor.ray.RayExecutor`` runs them as Ray tasks.
 Further executors are contributed by plugins (``datapipe_executors`` hook).
+
+Write-behind. A batch is two halves: *prepare* (take the snapshot, read the inputs, call the
+function) and *write* (the unit of work: outputs, their metadata and the step's state, committed
+together). A step whose ``process_fn`` is a ``BatchProcessor`` exposes the halves, and
+``SingleThreadExecutor`` writes batch k on one writer thread while this thread prepares batch k+1,
+so the database's work overlaps the client's. At most one write is in flight; batches are written,
+reported and (on failure) recorded in order. This is safe because each batch's snapshot is taken
+before it reads: if batch k+1 reads before batch k commits, what k wrote is not visible in k+1's
+snapshot and is picked up by the next run (``datapipe.meta.versions``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional, Tuple
 
 from datapipe.run_callback import StepLike
 from datapipe.run_config import RunConfig
@@ -20,6 +30,50 @@ if TYPE_CHECKING:
     from datapipe.datatable import DataStore
 
 ProcessFn = Callable[["DataStore", IndexDF, Optional[RunConfig]], ChangeList]
+
+
+class PreparedBatch(ABC):
+    """A batch whose outputs are computed and not yet written."""
+
+    @abstractmethod
+    def write(self) -> None:
+        """Write the batch in one unit of work. May run on a writer thread (it touches only the
+        database and its own state); raises whatever the write raises, and nothing is then committed."""
+
+    @abstractmethod
+    def finish(self, error: Optional[Exception]) -> ChangeList:
+        """Called on the executor's thread after ``write`` returned (``error`` None) or raised.
+
+        Records a failure (the batch's keys, the error) and returns the batch's changes; raises only
+        under ``fail_fast`` or when the metadata store is unusable, like ``ProcessFn``.
+        """
+
+
+PrepareFn = Callable[["DataStore", IndexDF, Optional[RunConfig]], PreparedBatch]
+
+
+def write_prepared(prepared: PreparedBatch) -> Optional[Exception]:
+    """Run ``prepared.write()``; return the exception it raised (None when it succeeded)."""
+    try:
+        prepared.write()
+    except Exception as error:  # noqa: BLE001 - handed to ``finish``, which records or re-raises it
+        return error
+    return None
+
+
+class BatchProcessor:
+    """A ``ProcessFn`` that also exposes a batch's two halves (see the module docstring).
+
+    Calling it processes one batch (prepare, then write, in this thread); executors that know it
+    may call ``prepare`` and run the writes themselves. Picklable when ``prepare`` is.
+    """
+
+    def __init__(self, prepare: PrepareFn) -> None:
+        self.prepare = prepare
+
+    def __call__(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
+        prepared = self.prepare(ds, idx, run_config)
+        return prepared.finish(write_prepared(prepared))
 
 
 @dataclass
@@ -74,7 +128,15 @@ class Executor(ABC):
 
 
 class SingleThreadExecutor(Executor):
-    """Runs batches one after another in the calling process (the default)."""
+    """Runs batches one after another in the calling process (the default).
+
+    Args:
+        write_behind: for a ``BatchProcessor``, write each batch on a writer thread while the next
+            one is prepared (see the module docstring). Off: prepare and write strictly in turn.
+    """
+
+    def __init__(self, write_behind: bool = True) -> None:
+        self.write_behind = write_behind
 
     def run_process_batch(
         self,
@@ -86,6 +148,8 @@ class SingleThreadExecutor(Executor):
         run_config: Optional[RunConfig] = None,
         executor_config: Optional[ExecutorConfig] = None,
     ) -> ChangeList:
+        if self.write_behind and isinstance(process_fn, BatchProcessor):
+            return _write_behind(step, ds, idx_count, idx_gen, process_fn.prepare, run_config)
         changes = ChangeList()
         callback = run_config.callback if run_config is not None else None
         for done, idx in enumerate(idx_gen, start=1):
@@ -94,3 +158,43 @@ class SingleThreadExecutor(Executor):
             if callback is not None:
                 callback.on_step_progress(step, done, idx_count, rows=len(idx), **batch_stats(batch))
         return changes
+
+
+InFlight = Tuple["Future[Optional[Exception]]", PreparedBatch, int]
+
+
+def _write_behind(
+    step: StepLike,
+    ds: DataStore,
+    idx_count: int,
+    idx_gen: Iterable[IndexDF],
+    prepare: PrepareFn,
+    run_config: Optional[RunConfig],
+) -> ChangeList:
+    """Prepare batch k+1 while batch k is written on one writer thread; finish batches in order."""
+    changes = ChangeList()
+    callback = run_config.callback if run_config is not None else None
+    done = 0
+
+    def finish(in_flight: InFlight) -> None:
+        nonlocal done
+        future, prepared, rows = in_flight
+        batch = prepared.finish(future.result())
+        changes.extend(batch)
+        done += 1
+        if callback is not None:
+            callback.on_step_progress(step, done, idx_count, rows=rows, **batch_stats(batch))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapipe-writer") as writer:
+        pending: Optional[InFlight] = None
+        try:
+            for idx in idx_gen:
+                prepared = prepare(ds, idx, run_config)
+                if pending is not None:
+                    in_flight, pending = pending, None
+                    finish(in_flight)
+                pending = (writer.submit(write_prepared, prepared), prepared, len(idx))
+        finally:
+            if pending is not None:  # also when preparing raised (fail_fast): the write before it lands
+                finish(pending)
+    return changes

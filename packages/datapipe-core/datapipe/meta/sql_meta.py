@@ -211,11 +211,13 @@ class TableMeta:
             )
             con.execute(stmt, records)
 
-    def upsert_changed(self, keys: pd.DataFrame, hashes: np.ndarray, create_ts: np.ndarray, now: float) -> None:
+    def upsert_changed(
+        self, keys: pd.DataFrame, hashes: np.ndarray, create_ts: np.ndarray, now: float, new: bool = False
+    ) -> None:
         """Record new or changed rows: ``keys`` holds their key (and ``MetaKey``) columns.
 
         They get the write's ``version``; ``update_ts`` and ``process_ts`` become ``now`` and
-        ``delete_ts`` NULL.
+        ``delete_ts`` NULL. ``new``: no key was recorded before (a cheaper insert, see ``sql.bulk``).
         """
         n = len(keys)
         if n == 0:
@@ -228,7 +230,7 @@ class TableMeta:
         kinds: List[str] = [str(keys[c].dtype.kind) for c in cols] + ["i", "f", "f", "f", "O"]
         with self.dbconn.begin() as con:
             version = stamp_upsert(con, columns, lists, kinds)
-            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys, extra=version)
+            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys, extra=version, new=new)
 
     def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any], versioned: bool = False) -> None:
         if len(idx) == 0:
@@ -324,7 +326,7 @@ class TransformMeta:
         require_upgraded(str(self.sql_table.name), self.missing, self.dbconn)
         require_upgraded(WATERMARKS_TABLE, self.watermarks.missing, self.dbconn)
 
-    def _mark(self, idx: IndexDF, values: Dict[str, Any]) -> None:
+    def _mark(self, idx: IndexDF, values: Dict[str, Any], new: bool = False) -> None:
         if len(idx) == 0:
             return
         self.require_upgraded()
@@ -334,12 +336,20 @@ class TransformMeta:
         lists = [python_values(keys[k]) for k in self.primary_keys] + [[v] * n for v in values.values()]
         kinds = [keys[k].dtype.kind for k in self.primary_keys] + [value_kind(v) for v in values.values()]
         with self.dbconn.begin() as con:
-            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys)
+            bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys, new=new)
 
-    def mark_success(self, idx: IndexDF, snapshot: Snapshot, now: float) -> None:
-        """Record ``idx`` as processed from inputs read after ``snapshot`` was taken."""
+    def mark_success(self, idx: IndexDF, snapshot: Snapshot, now: float, new: bool = False) -> None:
+        """Record ``idx`` as processed from inputs read after ``snapshot`` was taken.
+
+        ``new``: the keys are believed never recorded (a cheaper insert; see ``sql.bulk``).
+        """
         seen = {"seen_below": snapshot.below, "seen_pending": snapshot.encoded_pending()}
-        self._mark(idx, {"process_ts": now, **seen, "is_success": True, "priority": 0, "error": None})
+        self._mark(idx, {"process_ts": now, **seen, "is_success": True, "priority": 0, "error": None}, new)
+
+    def is_empty(self) -> bool:
+        """True when no key has ever been processed (or failed) by the step."""
+        with self.dbconn.read() as con:
+            return con.execute(select(self.sql_table.c[self.primary_keys[0]]).limit(1)).first() is None
 
     def mark_failed(self, idx: IndexDF, now: float, error: str) -> None:
         """Record a failed attempt; failed keys are retried whatever their snapshot says."""

@@ -6,6 +6,11 @@ psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) O
 one array parameter per column (one round trip per chunk). SQLAlchemy's per-row parameter
 processing (dicts, type processors) is skipped for columns whose type needs none; columns that need
 one (JSON, DateTime on SQLite, ...) are processed like SQLAlchemy would.
+
+Rows the caller believes new (``new=True``: their keys were never recorded) are written on
+PostgreSQL with a plain ``INSERT`` inside a savepoint, which costs the server about a third less
+than the speculative insertion of ``ON CONFLICT``; if a key exists after all (a unique violation),
+the savepoint is rolled back and the rows are upserted, so the belief is an optimisation only.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sqlalchemy import (
     bindparam,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -172,28 +178,55 @@ def _unnest_upsert(
     values: List[List[Any]],
     types: List[str],
     extra: Dict[str, str],
+    upsert: bool = True,
 ) -> None:
-    """One ``INSERT ... SELECT * FROM unnest(arrays) ON CONFLICT``: one round trip, one statement."""
-    cache_key = ("unnest", table, tuple(columns), tuple(keys), *extra.items())
+    """One ``INSERT ... SELECT * FROM unnest(arrays) [ON CONFLICT]``: one round trip, one statement."""
+    cache_key = ("unnest", table, tuple(columns), tuple(keys), upsert, *extra.items())
     sql = _SQL_CACHE.get(cache_key)
     if sql is None:
         target = con.dialect.identifier_preparer.format_table(table)
         cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
         arrays = ", ".join(f"%s::{t}[]" for t in types)
         selected = ", ".join(["u.*", *extra.values()])
-        sql = f"INSERT INTO {target} ({cols}) SELECT {selected} FROM unnest({arrays}) AS u" + _conflict_clause(
-            con, [*columns, *extra], keys
-        )
+        sql = f"INSERT INTO {target} ({cols}) SELECT {selected} FROM unnest({arrays}) AS u"
+        if upsert:
+            sql += _conflict_clause(con, [*columns, *extra], keys)
         _SQL_CACHE[cache_key] = sql
     con.exec_driver_sql(sql, tuple(values))
 
 
-def bulk_upsert(con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str], keys: Sequence[str]) -> None:
-    """Insert the rows of ``df[columns]`` into ``table``, updating rows whose ``keys`` already exist."""
+UNIQUE_VIOLATION = "23505"
+
+
+def _inserted(
+    con: Connection,
+    table: Table,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    arrays: List[Any],
+    types: List[str],
+    extra: Dict[str, str],
+) -> bool:
+    """Plain ``INSERT`` of rows believed new, in a savepoint; False (nothing written) when a key exists."""
+    try:
+        with con.begin_nested():
+            _unnest_upsert(con, table, columns, keys, arrays, types, extra, upsert=False)
+    except IntegrityError as e:
+        if getattr(e.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise
+        return False
+    return True
+
+
+def bulk_upsert(
+    con: Connection, table: Table, df: pd.DataFrame, columns: Sequence[str], keys: Sequence[str], new: bool = False
+) -> None:
+    """Insert the rows of ``df[columns]`` into ``table``, updating rows whose ``keys`` already exist
+    (``new``: see the module docstring)."""
     if len(df) == 0:
         return
     kinds = [df[c].dtype.kind for c in columns]
-    bulk_upsert_values(con, table, columns, [_values(df[c]) for c in columns], kinds, keys)
+    bulk_upsert_values(con, table, columns, [_values(df[c]) for c in columns], kinds, keys, new=new)
 
 
 def value_kind(value: Any) -> str:
@@ -215,10 +248,12 @@ def bulk_upsert_values(
     kinds: Sequence[str],
     keys: Sequence[str],
     extra: Optional[Dict[str, str]] = None,
+    new: bool = False,
 ) -> None:
     """``bulk_upsert`` from plain per-column value lists (None for NULL); ``kinds`` are numpy dtype kinds.
 
-    ``extra``: further columns given as SQL expressions (see ``upsert_sql``).
+    ``extra``: further columns given as SQL expressions (see ``upsert_sql``). ``new``: the rows' keys
+    are believed absent (see the module docstring).
     """
     if not values or len(values[0]) == 0:
         return
@@ -228,7 +263,8 @@ def bulk_upsert_values(
         types = _unnest_types(con, table, columns)
         if types is not None:
             arrays = [_array_literal(v, k) for v, k in zip(values, kinds)]
-            _unnest_upsert(con, table, columns, keys, arrays, types, extra)
+            if not (new and _inserted(con, table, columns, keys, arrays, types, extra)):
+                _unnest_upsert(con, table, columns, keys, arrays, types, extra)
             return
     sql = upsert_sql(con, table, columns, keys, extra)
     con.exec_driver_sql(sql, list(zip(*values)))  # type: ignore[arg-type]

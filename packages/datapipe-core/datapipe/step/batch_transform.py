@@ -42,7 +42,7 @@ from datapipe.compute import (
 )
 from datapipe.datatable import DataStore, TableWrite
 from datapipe.errors import ConfigError
-from datapipe.executor import Executor, ExecutorConfig, SingleThreadExecutor
+from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, PreparedBatch, SingleThreadExecutor
 from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
@@ -260,6 +260,7 @@ class BaseBatchTransformStep(ComputeStep):
         if order not in ("asc", "desc"):
             raise ConfigError(f"step {name!r}: order must be 'asc' or 'desc', got {order!r}")
         self.chunk_size = chunk_size
+        self.fresh_keys = False  # during a first run: see _run_full
         self.filters = filters
         self.order_by = order_by
         self.order = order
@@ -348,13 +349,19 @@ class BaseBatchTransformStep(ComputeStep):
         run.start(count)
         executor = executor or SingleThreadExecutor()
         config = self.executor_config
-        return executor.run_process_batch(self, ds, count, batches, self.process_batch, run_config, config)
+        process = BatchProcessor(self.prepare_batch)
+        return executor.run_process_batch(self, ds, count, batches, process, run_config, config)
 
     def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
         idx, snapshot = self.get_changed_idx(ds, run_config)
         count, batches = self._batches(idx)
         logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
-        self._execute(ds, count, batches, run_config, executor, run)
+        # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``)
+        self.fresh_keys = count > 0 and self.meta.is_empty()
+        try:
+            self._execute(ds, count, batches, run_config, executor, run)
+        finally:
+            self.fresh_keys = False
         if self.meta.can_advance_watermark(run_config):
             self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
@@ -385,16 +392,23 @@ class BaseBatchTransformStep(ComputeStep):
 
     def process_batch(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
         """Process one batch of keys; record a failure instead of raising (unless fail_fast)."""
+        return BatchProcessor(self.prepare_batch)(ds, idx, run_config)
+
+    def prepare_batch(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> PreparedBatch:
+        """The first half of a batch: snapshot, read, call the function (see ``datapipe.executor``).
+
+        A failure here is recorded at once (raised under fail_fast); the batch then writes nothing.
+        """
         run_config = run_config or RunConfig()
         try:
             snapshot = take_snapshot(ds.meta_dbconn)  # before reading: later input changes stay unseen
             idx = self.filtered_idx(idx, run_config)
             if len(idx) == 0:
-                return ChangeList()
+                return _Finished(ChangeList())
             frames = self.compute_batch(ds, idx, run_config)
-            return self.store_batch_result(ds, idx, frames, snapshot)
+            return _BatchWrite(self, ds, idx, frames, snapshot, run_config)
         except Exception as e:  # noqa: BLE001 - any error in user code fails only this batch
-            return self._record_failure(idx, e, run_config)
+            return _Finished(self._record_failure(idx, e, run_config))
 
     def _record_failure(self, idx: IndexDF, error: Exception, run_config: RunConfig) -> ChangeList:
         text = f"{type(error).__name__}: {error}"
@@ -450,12 +464,21 @@ class BaseBatchTransformStep(ComputeStep):
         self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], snapshot: Snapshot
     ) -> ChangeList:
         """Write the outputs of a batch and record its keys as processed, in one unit of work."""
+        return self.batch_changes(self.write_batch_result(ds, idx, frames, snapshot))
+
+    def write_batch_result(
+        self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], snapshot: Snapshot
+    ) -> List[Tuple[IndexDF, IndexDF]]:
+        """The unit of work of a batch: outputs, their metadata, the keys as processed; ``(changed, deleted)``
+        keys per output."""
         now = time.time()
         writes = [
             TableWrite(co.dt, frame, self._output_idx(co, idx), f"step {self.name!r}, result for table {co.name!r}")
             for frame, co in zip(frames, self.output_dts)
         ]
-        results = ds.write(writes, now, then=lambda: self.meta.mark_success(idx, snapshot, now))
+        return ds.write(writes, now, then=lambda: self.meta.mark_success(idx, snapshot, now, self.fresh_keys))
+
+    def batch_changes(self, results: List[Tuple[IndexDF, IndexDF]]) -> ChangeList:
         changes = ChangeList()
         for co, (changed, deleted) in zip(self.output_dts, results):
             changes.append(co.name, changed)
@@ -552,6 +575,46 @@ class BatchTransformStep(BaseBatchTransformStep):
         available = {"idx": idx, "ds": ds, "run_config": run_config}
         extra = {p: available[p] for p in self.injected}
         return self.normalise_result(self.func(*inputs, **extra, **self.kwargs))
+
+
+class _Finished(PreparedBatch):
+    """A batch with nothing to write: no keys left after filtering, or already recorded as failed."""
+
+    def __init__(self, changes: ChangeList) -> None:
+        self.changes = changes
+
+    def write(self) -> None:
+        pass
+
+    def finish(self, error: Optional[Exception]) -> ChangeList:
+        if error is not None:
+            raise error
+        return self.changes
+
+
+class _BatchWrite(PreparedBatch):
+    """A batch's computed outputs, waiting for their unit of work (``write_batch_result``)."""
+
+    def __init__(
+        self,
+        step: BaseBatchTransformStep,
+        ds: DataStore,
+        idx: IndexDF,
+        frames: List[pd.DataFrame],
+        snapshot: Snapshot,
+        run_config: RunConfig,
+    ) -> None:
+        self.step, self.ds, self.idx, self.frames, self.snapshot = step, ds, idx, frames, snapshot
+        self.run_config = run_config
+        self.results: List[Tuple[IndexDF, IndexDF]] = []
+
+    def write(self) -> None:
+        self.results = self.step.write_batch_result(self.ds, self.idx, self.frames, self.snapshot)
+
+    def finish(self, error: Optional[Exception]) -> ChangeList:
+        if error is not None:
+            return self.step._record_failure(self.idx, error, self.run_config)
+        return self.step.batch_changes(self.results)
 
 
 def _bind(

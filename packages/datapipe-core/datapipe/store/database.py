@@ -109,12 +109,18 @@ class TableStoreDB(TableStore):
         check_values(self.describe(), self.data_sql_schema, df)
 
     def insert_rows(self, df: DataDF) -> None:
+        self._insert(df, new=False)
+
+    def insert_new_rows(self, df: DataDF) -> None:
+        self._insert(df, new=True)
+
+    def _insert(self, df: DataDF, new: bool) -> None:
         if len(df) == 0:
             return
         self._check_columns(df)
         columns = [c for c in self.columns if c in df.columns]
         with self.dbconn.begin() as con:
-            bulk_upsert(con, self.data_table, df, columns, self.primary_keys)
+            bulk_upsert(con, self.data_table, df, columns, self.primary_keys, new=new)
 
     def delete_rows(self, idx: IndexDF) -> None:
         if len(idx) == 0:

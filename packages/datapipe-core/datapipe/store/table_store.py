@@ -83,6 +83,16 @@ class TableStore(ABC):
         """Replace existing rows; by default the same as ``insert_rows``."""
         self.insert_rows(df)
 
+    def insert_new_rows(self, df: DataDF) -> None:
+        """Write rows whose keys the table's metadata has never recorded (a table's first write of them).
+
+        Called by ``DataTable.store_chunk`` instead of ``insert_rows`` when every row it writes is
+        new to the metadata. A store may use a cheaper plain insert here, but must still accept a key
+        that exists (a crash, or a store outside the metadata database, can leave one): by default
+        the same as ``insert_rows``.
+        """
+        self.insert_rows(df)
+
     @abstractmethod
     def delete_rows(self, idx: IndexDF) -> None:
         """Delete the rows with the keys in ``idx``. Keys that do not exist are ignored.

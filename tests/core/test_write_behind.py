@@ -1,0 +1,134 @@
+"""Write-behind (``datapipe.executor``): batch k is written on a writer thread while batch k+1 is
+prepared. Outputs, metadata, failures and progress must be exactly those of strict turns."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, List
+
+import pandas as pd
+import pytest
+from sqlalchemy import Column, Integer, String
+
+from datapipe import datatable
+from datapipe.compute import Pipeline, build_compute, run_steps
+from datapipe.datatable import DataStore
+from datapipe.executor import SingleThreadExecutor
+from datapipe.run_callback import RunCallback
+from datapipe.run_config import RunConfig
+from datapipe.step.batch_transform import BatchTransform
+from datapipe.testing import assert_datatable_equal
+
+
+def cols(*keys: str) -> List[Column]:
+    return [Column(k, Integer, primary_key=True) for k in keys] + [Column("a", String)]
+
+
+def rows(ids: Any) -> pd.DataFrame:
+    return pd.DataFrame({"id": list(ids), "a": [f"v{i}" for i in ids]})
+
+
+class Recorder(RunCallback):
+    def __init__(self) -> None:
+        self.progress: List[Any] = []
+        self.errors: List[str] = []
+
+    def on_step_progress(self, step: Any, completed: int, total: int, **stats: Any) -> None:
+        self.progress.append((completed, total, stats["rows"]))
+
+    def on_step_error(self, step: Any, error: BaseException) -> None:
+        self.errors.append(str(error))
+
+
+def shaper(df: pd.DataFrame) -> pd.DataFrame:
+    """Doubles the rows of the batch holding key 4 (a malformed result: duplicate keys)."""
+    out = df.assign(a=df["a"] + "!")
+    return pd.concat([out, out]) if 4 in set(df["id"]) else out
+
+
+def _pipeline(ds: DataStore, make_catalog: Any, func: Any = shaper) -> Any:
+    catalog = make_catalog(inp=cols("id"), out=cols("id"))
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(func, ["inp"], ["out"], chunk_size=2, name="s")]))
+    ds.get_table("inp").store_chunk(rows(range(10)))
+    return steps
+
+
+def _state(ds: DataStore, steps: Any) -> Any:
+    meta = steps[0].meta.get_metadata().sort_values("id")
+    out = ds.get_table("out").get_data().sort_values("id").reset_index(drop=True)
+    return out, meta[["id", "is_success"]].reset_index(drop=True), meta.set_index("id")["error"].notna().to_dict()
+
+
+@pytest.mark.parametrize("write_behind", [True, False])
+def test_a_failing_write_is_recorded_with_its_keys_and_progress_stays_in_order(ds, make_catalog, write_behind):
+    steps = _pipeline(ds, make_catalog)
+    cb = Recorder()
+    run_steps(ds, steps, RunConfig(callback=cb), executor=SingleThreadExecutor(write_behind=write_behind))
+    out, meta, has_error = _state(ds, steps)
+    assert_datatable_equal(ds.get_table("out"), rows([0, 1, 2, 3, 6, 7, 8, 9]).assign(a=lambda d: d["a"] + "!"))
+    assert meta.set_index("id")["is_success"].to_dict() == {i: i not in (4, 5) for i in range(10)}
+    assert {k for k, v in has_error.items() if v} == {4, 5}
+    assert cb.progress == [(i, 5, 2) for i in range(1, 6)]
+    assert len(cb.errors) == 1 and "duplicate primary keys" in cb.errors[0]
+
+
+def test_write_behind_gives_the_same_tables_and_metadata_as_strict_turns(dbconn, make_catalog):
+    results = []
+    for write_behind in (True, False):
+        ds = DataStore(dbconn, create_meta_table=True)
+        prefix = "wb" if write_behind else "st"
+        catalog = make_catalog(**{f"{prefix}_inp": cols("id"), f"{prefix}_out": cols("id")})
+        step = BatchTransform(shaper, [f"{prefix}_inp"], [f"{prefix}_out"], chunk_size=3, name=f"{prefix}_s")
+        steps = build_compute(ds, catalog, Pipeline([step]))
+        ds.get_table(f"{prefix}_inp").store_chunk(rows(range(20)))
+        run_steps(ds, steps, executor=SingleThreadExecutor(write_behind=write_behind))
+        meta = steps[0].meta.get_metadata().sort_values("id")[["id", "is_success"]].reset_index(drop=True)
+        out = ds.get_table(f"{prefix}_out").get_data().sort_values("id").reset_index(drop=True)
+        results.append((out, meta))
+    pd.testing.assert_frame_equal(results[0][0], results[1][0])
+    pd.testing.assert_frame_equal(results[0][1], results[1][1])
+
+
+def test_fail_fast_in_a_write_stops_after_that_batch(ds, make_catalog):
+    steps = _pipeline(ds, make_catalog)
+    with pytest.raises(ValueError, match="duplicate primary keys"):
+        run_steps(ds, steps, RunConfig(fail_fast=True))
+    out, meta, _ = _state(ds, steps)
+    assert sorted(out["id"]) == [0, 1, 2, 3]  # batches before the failing one landed, none after it
+    assert sorted(meta["id"]) == [0, 1, 2, 3, 4, 5] and meta.set_index("id").loc[[4, 5], "is_success"].eq(False).all()
+
+
+def test_fail_fast_in_the_function_still_lands_the_write_before_it(ds, make_catalog):
+    def func(df: pd.DataFrame) -> pd.DataFrame:
+        if 4 in set(df["id"]):
+            raise KeyError("boom")
+        return df.assign(a=df["a"] + "!")
+
+    steps = _pipeline(ds, make_catalog, func)
+    with pytest.raises(KeyError, match="boom"):
+        run_steps(ds, steps, RunConfig(fail_fast=True))
+    out, meta, _ = _state(ds, steps)
+    assert sorted(out["id"]) == [0, 1, 2, 3]
+    assert meta.set_index("id")["is_success"].to_dict() == {0: True, 1: True, 2: True, 3: True, 4: False, 5: False}
+
+
+def test_the_next_batch_is_prepared_while_a_write_is_in_flight(ds, make_catalog, monkeypatch):
+    """Batch 1's write waits (in the writer thread, before its commit) until batch 2's function has run."""
+    second_called = threading.Event()
+    overlapped = []
+
+    def hook(point: str, table: Any) -> None:
+        if point == "after_data_write" and table.name == "out" and not overlapped:
+            overlapped.append(second_called.wait(timeout=30))
+
+    def func(df: pd.DataFrame) -> pd.DataFrame:
+        if 2 in set(df["id"]):
+            second_called.set()
+        return df.assign(a=df["a"] + "!")
+
+    steps = _pipeline(ds, make_catalog, func)
+    monkeypatch.setattr(datatable, "fault_hook", hook)
+    run_steps(ds, steps)
+    assert overlapped == [True]
+    assert_datatable_equal(ds.get_table("out"), rows(range(10)).assign(a=lambda d: d["a"] + "!"))
+    assert steps[0].get_status(ds).changed_idx_count == 0
