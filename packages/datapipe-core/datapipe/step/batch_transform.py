@@ -44,6 +44,7 @@ from datapipe.datatable import DataStore, TableWrite
 from datapipe.errors import ConfigError
 from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, PreparedBatch, SingleThreadExecutor
 from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
+from datapipe.meta.planner_stats import refresh_stale_statistics
 from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig, filter_rows
@@ -217,6 +218,7 @@ class StepMeta(TransformMeta):
     def get_changed_idx(self, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
         """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
         self.require_upgraded()
+        refresh_stale_statistics(self.dbconn, [self.sql_table, *[inp.meta.sql_table for inp in self.changes.inputs]])
         snapshot = take_snapshot(self.dbconn)  # before the query: what it may miss stays unseen
         query = self.changes.build(
             self.changes.window_wheres(self.get_watermarks()),
