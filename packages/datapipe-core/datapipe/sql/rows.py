@@ -54,7 +54,9 @@ def fetch_rows(con: Connection, sql: Any) -> Sequence[Any]:
 def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    # column-wise construction: much cheaper than from_records over SQLAlchemy Row objects
+    if type(rows[0]) is tuple:  # the driver's rows (``fetch_rows``): pandas splits them in C
+        return pd.DataFrame(rows, columns=list(columns))
+    # SQLAlchemy Row objects: column-wise construction, much cheaper than from_records over them
     return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
 
 
