@@ -358,8 +358,9 @@ class BaseBatchTransformStep(ComputeStep):
         idx, snapshot = self.get_changed_idx(ds, run_config)
         count, batches = self._batches(idx)
         logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
-        # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``)
-        self.fresh_keys = count > 0 and self.meta.is_empty()
+        # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``);
+        # not worth a round trip for a single batch
+        self.fresh_keys = count > 1 and self.meta.is_empty()
         try:
             self._execute(ds, count, batches, run_config, executor, run)
         finally:
