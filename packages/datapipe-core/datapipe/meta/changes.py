@@ -26,6 +26,7 @@ from sqlalchemy.sql import Select
 from datapipe.errors import ConfigError
 from datapipe.meta.sql_meta import TableMeta, TransformMeta, filter_clause
 from datapipe.meta.versions import Snapshot, not_seen, unseen_rows
+from datapipe.sql.pages import MaterialisedRows
 from datapipe.sql.rows import key_chunks, key_filter, rows_to_df
 
 
@@ -191,6 +192,12 @@ class ChangeQuery:
             return 0
         with self.tr.dbconn.read() as con:
             return int(con.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one())
+
+    def materialise(self, query: Optional[Select[Any]], page_rows: Optional[int] = None) -> MaterialisedRows:
+        """The keys ``query`` returns, evaluated once and held by the database, to be read back in
+        pages of ``page_rows`` (``datapipe.sql.pages``); open it with ``with`` or ``open()``."""
+        types = [self.tr.sql_table.c[k].type for k in self.keys]
+        return MaterialisedRows(self.tr.dbconn, query, self.keys, types, page_rows)
 
     def fetch(self, query: Optional[Select[Any]]) -> pd.DataFrame:
         if query is None:

@@ -1,8 +1,10 @@
 """BatchTransform: call a function on batches of changed keys and keep its outputs in sync.
 
 The unit of work is a *transform key* (by default the primary-key columns shared by the
-inputs and the outputs). A run asks the change query (``datapipe.meta.changes``) which keys
-need processing, cuts them into batches of ``chunk_size``, and for each batch
+inputs and the outputs). A full run takes a version snapshot, has the database evaluate the
+change query (``datapipe.meta.changes``) once and hold the pending keys (``datapipe.sql.pages``),
+reads them back a page at a time (``settings.key_page_rows`` keys, whole batches), cuts each page
+into batches of ``chunk_size``, and for each batch
 
 1. reads the input rows of those keys,
 2. calls the function,
@@ -12,6 +14,8 @@ need processing, cuts them into batches of ``chunk_size``, and for each batch
    after the read is not visible in it, so the next run picks the key up again.
 
 A failing batch is recorded (``is_success=False`` with the error text) and retried next run.
+Only after every batch of a complete, unfiltered run is the snapshot stored as the inputs'
+watermark; so client memory for keys is bounded by the page size, not by how many keys are pending.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import pandas as pd
 from sqlalchemy import Column, Integer
+from sqlalchemy.sql import Select
 
 from datapipe import keyset
 from datapipe.compute import (
@@ -49,6 +54,8 @@ from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig, filter_rows
 from datapipe.run_result import attach_failure
+from datapipe.settings import settings
+from datapipe.sql.pages import MaterialisedRows
 from datapipe.sql.schema import BASIC, python_type
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
 
@@ -215,8 +222,8 @@ class StepMeta(TransformMeta):
         for inp in self.changes.inputs:
             inp.meta.require_upgraded()
 
-    def get_changed_idx(self, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
-        """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
+    def _changed_query(self, run_config: Optional[RunConfig]) -> Tuple[Optional[Select[Any]], Snapshot]:
+        """The change query of a full run, and the snapshot taken before it is evaluated."""
         self.require_upgraded()
         refresh_stale_statistics(self.dbconn, [self.sql_table, *[inp.meta.sql_table for inp in self.changes.inputs]])
         snapshot = take_snapshot(self.dbconn)  # before the query: what it may miss stays unseen
@@ -226,7 +233,20 @@ class StepMeta(TransformMeta):
             order_by=self.order_by,
             descending=self.descending,
         )
+        return query, snapshot
+
+    def get_changed_idx(self, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
+        """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
+        query, snapshot = self._changed_query(run_config)
         return self.changes.fetch(query), snapshot
+
+    def open_changed_keys(
+        self, run_config: Optional[RunConfig] = None, page_rows: Optional[int] = None
+    ) -> Tuple[MaterialisedRows, Snapshot]:
+        """Like ``get_changed_idx``, but the keys stay in the database, to be read in pages of
+        ``page_rows``: the caller must ``close()`` the result (or use it in a ``with`` block)."""
+        query, snapshot = self._changed_query(run_config)
+        return self.changes.materialise(query, page_rows).open(), snapshot
 
     def get_changed_idx_count(self, ds: Any = None, run_config: Optional[RunConfig] = None) -> int:
         """How many keys are pending, counted in the database without fetching them (the 0.15 API
@@ -263,6 +283,7 @@ class BaseBatchTransformStep(ComputeStep):
             raise ConfigError(f"step {name!r}: order must be 'asc' or 'desc', got {order!r}")
         self.chunk_size = chunk_size
         self.fresh_keys = False  # during a first run: see _run_full
+        self.key_page_rows: Optional[int] = None  # None: settings.key_page_rows (see page_rows)
         self.filters = filters
         self.order_by = order_by
         self.order = order
@@ -305,10 +326,32 @@ class BaseBatchTransformStep(ComputeStep):
         count = math.ceil(len(idx) / size)
         return count, (IndexDF(idx.iloc[i : i + size].reset_index(drop=True)) for i in range(0, len(idx), size))
 
+    def page_rows(self, chunk_size: Optional[int] = None) -> int:
+        """Keys read from the database at a time: ``settings.key_page_rows`` rounded down to whole
+        batches (at least one), so batches never straddle pages. ``key_page_rows`` on the step overrides."""
+        size = chunk_size or self.chunk_size
+        rows = self.key_page_rows if self.key_page_rows is not None else settings.key_page_rows
+        return size * max(1, rows // size)
+
+    def _paged_batches(self, keys: MaterialisedRows, chunk_size: Optional[int] = None) -> Tuple[int, Iterator[IndexDF]]:
+        """Batches of ``chunk_size`` keys cut from the pages of ``keys``; the iterator closes ``keys``
+        when exhausted or closed."""
+        size = chunk_size or self.chunk_size
+
+        def batches() -> Iterator[IndexDF]:
+            for page in keys.pages():
+                for i in range(0, len(page), size):
+                    yield IndexDF(page.iloc[i : i + size].reset_index(drop=True))
+
+        return math.ceil(keys.count / size), batches()
+
     def get_full_process_ids(
         self, ds: DataStore, chunk_size: Optional[int] = None, run_config: Optional[RunConfig] = None
     ) -> Tuple[int, Iterator[IndexDF]]:
-        return self._batches(self.get_changed_idx(ds, run_config)[0], chunk_size)
+        """The batch count and the batches of a full run. The keys are held in the database until the
+        iterator is exhausted or closed (``datapipe.sql.pages``)."""
+        keys, _ = self.meta.open_changed_keys(run_config, self.page_rows(chunk_size))
+        return self._paged_batches(keys, chunk_size)
 
     def get_change_list_process_ids(
         self, ds: DataStore, change_list: ChangeList, run_config: Optional[RunConfig] = None
@@ -355,16 +398,17 @@ class BaseBatchTransformStep(ComputeStep):
         return executor.run_process_batch(self, ds, count, batches, process, run_config, config)
 
     def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
-        idx, snapshot = self.get_changed_idx(ds, run_config)
-        count, batches = self._batches(idx)
-        logger.info("step %s: %d keys to process in %d batches", self.name, len(idx), count)
-        # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``);
-        # not worth a round trip for a single batch
-        self.fresh_keys = count > 1 and self.meta.is_empty()
-        try:
-            self._execute(ds, count, batches, run_config, executor, run)
-        finally:
-            self.fresh_keys = False
+        keys, snapshot = self.meta.open_changed_keys(run_config, self.page_rows())
+        with keys:
+            count, batches = self._paged_batches(keys)
+            logger.info("step %s: %d keys to process in %d batches", self.name, keys.count, count)
+            # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``);
+            # not worth a round trip for a single batch
+            self.fresh_keys = count > 1 and self.meta.is_empty()
+            try:
+                self._execute(ds, count, batches, run_config, executor, run)
+            finally:
+                self.fresh_keys = False
         if self.meta.can_advance_watermark(run_config):
             self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
@@ -387,8 +431,11 @@ class BaseBatchTransformStep(ComputeStep):
         self.meta.reset()
 
     def fill_metadata(self, ds: DataStore) -> None:
-        idx, snapshot = self.get_changed_idx(ds)
-        self.meta.mark_success(IndexDF(idx), snapshot, time.time())
+        keys, snapshot = self.meta.open_changed_keys(page_rows=self.page_rows())
+        now = time.time()
+        with keys:
+            for page in keys.pages():
+                self.meta.mark_success(IndexDF(page), snapshot, now)
         self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
     # ------------------------------------------------------------------ one batch

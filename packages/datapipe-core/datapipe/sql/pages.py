@@ -1,0 +1,210 @@
+"""Query results held by the database and read back in pages: bounded client memory at any N.
+
+A full run of a step has to hand out every pending key exactly once, in a fixed order, and
+know how many there are before the first batch (progress, ``Executor`` contract). Holding the
+keys in one client-side frame costs about 300 bytes a key (10 M keys: several GiB), so
+``MaterialisedRows`` evaluates the query **once**, lets the database keep the result, and
+reads it back ``page_rows`` at a time over one dedicated connection:
+
+PostgreSQL
+    ``DECLARE … SCROLL CURSOR WITH HOLD FOR <query>`` on an autocommit connection. A holdable
+    cursor is run to completion when its (one-statement) transaction commits and its rows are
+    kept in a tuplestore of that session (``work_mem``, then a temporary file), so the counting
+    ``MOVE FORWARD ALL`` and every ``FETCH FORWARD n`` read a frozen result without any
+    transaction or snapshot being open. That matters because a run can take hours: a
+    long-open read transaction (a plain server-side cursor, ``stream_results``) would pin the
+    vacuum horizon (``backend_xmin``) of the whole cluster for that time, so no dead row
+    version anywhere, including the step's own metadata that every batch rewrites, could be
+    vacuumed. A temporary table would do the same without a snapshot but writes catalog rows
+    (``pg_class``, ``pg_attribute``) on every run, also on a no-op one.
+SQLite
+    ``CREATE TEMP TABLE`` and one ``INSERT … SELECT <query>`` in a short transaction; the rows
+    get ``rowid`` 1…n in the query's order, and a page is the ``rowid`` range ``(a, b]`` (a
+    B-tree range read, O(page) per page). The temporary database is private to the connection
+    and lives in a temporary file, not in the main file and not in its WAL. An open SQLite
+    cursor would instead keep a read transaction on the main database for the whole run,
+    and while any reader holds a WAL snapshot the checkpointer cannot get past it: the WAL
+    file would grow with every batch written during the run (checkpoint starvation).
+
+Either way the candidate set is evaluated in one statement under one database snapshot, batches
+written on other connections while pages are read cannot change it (no key skipped or handed out
+twice), and between pages the dedicated connection holds no transaction. ``close()`` (or leaving
+the ``with`` block, or exhausting ``pages()``) drops the cursor or table and returns the
+connection; if the process dies the server drops them with the session. Other databases fall
+back to fetching the result into memory.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Iterator, List, Optional, Sequence
+
+import pandas as pd
+from sqlalchemy import Column, MetaData, Table
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
+
+from datapipe.settings import settings
+from datapipe.sql.connection import DBConn
+from datapipe.sql.rows import rows_to_df
+
+
+def _driver_rows(result: Any) -> List[Any]:
+    """Every row of a driver-level result as the driver returns it (no SQLAlchemy ``Row`` objects)."""
+    cursor = result.cursor
+    try:
+        return list(cursor.fetchall()) if cursor is not None else []
+    finally:
+        result.close()
+
+
+class MaterialisedRows:
+    """The rows of ``query`` (columns ``columns``, typed like ``types``), held server-side.
+
+    Use as a context manager::
+
+        with MaterialisedRows(dbconn, query, ["id"], [Integer()], page_rows=50_000) as rows:
+            print(rows.count)
+            for page in rows.pages():   # DataFrames of at most page_rows rows, in query order
+                ...
+
+    ``count`` is known after entering. ``pages_read`` and ``largest_page`` tell what was read.
+    """
+
+    def __init__(
+        self,
+        dbconn: DBConn,
+        query: Optional[Select[Any]],
+        columns: Sequence[str],
+        types: Sequence[Any],
+        page_rows: Optional[int] = None,
+    ) -> None:
+        page_rows = settings.key_page_rows if page_rows is None else page_rows
+        if page_rows < 1:
+            raise ValueError(f"page_rows must be positive, got {page_rows}")
+        self.dbconn = dbconn
+        self.query = query
+        self.columns = list(columns)
+        self.types = list(types)
+        self.page_rows = page_rows
+        self.count = 0
+        self.pages_read = 0
+        self.largest_page = 0
+        self._con: Optional[Connection] = None
+        self._name = f"datapipe_keys_{uuid.uuid4().hex[:16]}"
+        self._kind = ""
+        self._memory: Optional[pd.DataFrame] = None
+        self._position = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> MaterialisedRows:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def open(self) -> MaterialisedRows:
+        """Evaluate the query once and keep its result in the database; sets ``count``."""
+        if self.query is None:
+            return self
+        engine = self.dbconn.con
+        dialect = engine.dialect.name
+        if dialect not in ("postgresql", "sqlite"):
+            with self.dbconn.read() as con:
+                self._memory = rows_to_df(_driver_rows(con.execute(self.query)), self.columns)
+            self._kind, self.count = "memory", len(self._memory)
+            return self
+        con = engine.connect()
+        self._con = con
+        try:
+            if dialect == "postgresql":
+                self._open_pg(con.execution_options(isolation_level="AUTOCOMMIT"))
+            else:
+                self._open_sqlite(con)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_pg(self, con: Connection) -> None:
+        assert self.query is not None
+        compiled = self.query.compile(dialect=con.dialect, compile_kwargs={"render_postcompile": True})
+        # the name is generated here; the query's values stay bound parameters
+        con.exec_driver_sql(f"DECLARE {self._name} SCROLL CURSOR WITH HOLD FOR {compiled}", compiled.params)
+        self._kind = "pg"
+        # count by moving over the held result, then rewind: neither re-runs the query
+        self.count = int(con.exec_driver_sql(f"MOVE FORWARD ALL IN {self._name}").rowcount)
+        con.exec_driver_sql(f"MOVE ABSOLUTE 0 IN {self._name}")
+        self._con = con
+
+    def _open_sqlite(self, con: Connection) -> None:
+        assert self.query is not None
+        table = Table(
+            self._name,
+            MetaData(),
+            *[Column(name, type_) for name, type_ in zip(self.columns, self.types)],
+            prefixes=["TEMPORARY"],
+        )
+        with con.begin():
+            table.create(con)
+            self._kind = "sqlite"
+            con.execute(table.insert().from_select(self.columns, self.query))
+        self.count = int(con.exec_driver_sql(f"SELECT coalesce(max(rowid), 0) FROM temp.{self._name}").scalar_one())
+        con.commit()
+
+    def close(self) -> None:
+        """Drop the server-side result and give the connection back (idempotent)."""
+        con, self._con = self._con, None
+        self._memory = None
+        if con is None:
+            return
+        try:
+            if self._kind == "pg":
+                con.exec_driver_sql(f"CLOSE {self._name}")
+            elif self._kind == "sqlite":
+                con.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{self._name}")
+                con.commit()
+        except Exception:  # noqa: BLE001 - the connection is in an unknown state: do not pool it
+            con.invalidate()
+        finally:
+            self._kind = ""
+            con.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def pages(self) -> Iterator[pd.DataFrame]:
+        """The rows in query order, ``page_rows`` at a time; closes when exhausted or closed early."""
+        try:
+            while self._position < self.count:
+                page = self._read_page()
+                if len(page) == 0:
+                    break
+                self._position += len(page)
+                self.pages_read += 1
+                self.largest_page = max(self.largest_page, len(page))
+                yield page
+        finally:
+            self.close()
+
+    def _read_page(self) -> pd.DataFrame:
+        n = self.page_rows
+        if self._kind == "memory":
+            assert self._memory is not None
+            return self._memory.iloc[self._position : self._position + n].reset_index(drop=True)
+        con = self._con
+        if con is None:
+            return rows_to_df([], self.columns)
+        if self._kind == "pg":
+            rows = _driver_rows(con.exec_driver_sql(f"FETCH FORWARD {n} FROM {self._name}"))
+        else:
+            cols = ", ".join(con.dialect.identifier_preparer.quote(c) for c in self.columns)
+            rows = _driver_rows(
+                con.exec_driver_sql(
+                    f"SELECT {cols} FROM temp.{self._name} WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+                    (self._position, self._position + n),
+                )
+            )
+            con.commit()  # end the read at once: no snapshot is held between pages
+        return rows_to_df(rows, self.columns)
