@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import scale  # the large-N phase (sizes >= scale.SCALE_MIN_N)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PHASES = ["load", "first_run", "noop_rerun", "rerun_1pct_changed", "rerun_1pct_deleted"]
@@ -185,6 +187,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if bad:
         p.error(f"unknown --db {bad}; use sqlite and/or postgres")
     results: List[Dict[str, Any]] = []
+    large, sizes = [n for n in sizes if n >= scale.SCALE_MIN_N], [n for n in sizes if n < scale.SCALE_MIN_N]
+    scale_results: List[Dict[str, Any]] = []
     started = time.time()
     with Databases(kinds) as dbs:
         for kind in kinds:
@@ -192,16 +196,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                 results.append(measure(dbs, kind, n, args.chunk_size))
             if args.cross:
                 results.append(measure_cross(dbs, kind, args.cross, args.chunk_size))
+            if large:
+                scale_results.extend(scale.measure(dbs, kind, large, args.chunk_size))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     payload = {"started": started, "seconds": time.time() - started, "python": sys.version.split()[0],
-               "targets": TARGETS, "results": results}
+               "targets": TARGETS, "results": results, "scale": scale_results}
     for name in (f"bench-{stamp}.json", "latest.json"):
         (out / name).write_text(json.dumps(payload, indent=2))
     chart(results, out / "latest.png")
     print()
     print(table(results))
+    if scale_results:
+        print()
+        print(scale.table(scale_results))
     print(f"\nwrote {out / 'latest.json'} and {out / 'latest.png'}")
     return 0
 
