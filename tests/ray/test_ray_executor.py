@@ -191,3 +191,21 @@ def test_run_result_has_failing_keys_and_traceback_from_workers(ray_local, dbcon
     assert error.message == "ValueError: bad value in batch"
     assert sorted(error.keys["id"]) == [8, 9, 10, 11]
     assert "in exclaim" in error.user_traceback and "ray_pipelines.py" in error.user_traceback
+
+
+def test_keys_read_in_pages(ray_local, dbconn):
+    """Pages of one batch each (chunk_size 4): Ray pulls batches across page boundaries; every key once."""
+    twin = Twin(dbconn)
+    for side in (twin.st, twin.ray):
+        for step in side["steps"]:
+            step.key_page_rows = 5
+            assert step.page_rows() == 4
+    twin.store(words(range(30)))
+    stats = RunStats()
+    run_steps(twin.ds, twin.ray["steps"], RunConfig(callback=stats), executor=RayExecutor())
+    run_steps(twin.ds, twin.st["steps"], executor=SingleThreadExecutor())
+    twin.assert_equal()
+    first = stats.steps[twin.ray["steps"][0].name]
+    assert (first.batches, first.rows) == (8, 30)
+    assert sorted(twin.table(twin.ray, "out").get_data()["id"]) == list(range(30))
+    assert twin.ray["steps"][0].meta.get_changed_idx_count(twin.ds) == 0

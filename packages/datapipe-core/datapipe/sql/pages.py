@@ -16,7 +16,10 @@ PostgreSQL
     vacuum horizon (``backend_xmin``) of the whole cluster for that time, so no dead row
     version anywhere, including the step's own metadata that every batch rewrites, could be
     vacuumed. A temporary table would do the same without a snapshot but writes catalog rows
-    (``pg_class``, ``pg_attribute``) on every run, also on a no-op one.
+    (``pg_class``, ``pg_attribute``) on every run, also on a no-op one. The first page is
+    fetched at once; when it is not full it is the whole result and the cursor is closed right
+    away (a small rerun costs ``DECLARE``, ``FETCH``, ``CLOSE``), else the rest is counted with
+    ``MOVE FORWARD ALL`` and the cursor moved back to the end of the first page.
 SQLite
     ``CREATE TEMP TABLE`` and one ``INSERT … SELECT <query>`` in a short transaction; the rows
     get ``rowid`` 1…n in the query's order, and a page is the ``rowid`` range ``(a, b]`` (a
@@ -25,6 +28,10 @@ SQLite
     cursor would instead keep a read transaction on the main database for the whole run,
     and while any reader holds a WAL snapshot the checkpointer cannot get past it: the WAL
     file would grow with every batch written during the run (checkpoint starvation).
+
+The query is run through SQLAlchemy as usual (so its compiled form is cached, which matters for
+a change query: compiling one takes milliseconds), with the ``DECLARE``/``INSERT`` prefix added by
+a ``before_cursor_execute`` hook that only statements run here ask for.
 
 Either way the candidate set is evaluated in one statement under one database snapshot, batches
 written on other connections while pages are read cannot change it (no key skipped or handed out
@@ -37,16 +44,31 @@ back to fetching the result into memory.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
-from sqlalchemy import Column, MetaData, Table
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from datapipe.settings import settings
 from datapipe.sql.connection import DBConn
 from datapipe.sql.rows import rows_to_df
+
+_PREFIX_OPTION = "datapipe_statement_prefix"
+
+
+def _prefix_statement(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> Tuple[str, Any]:
+    """``before_cursor_execute`` hook: prepend the execution option ``datapipe_statement_prefix``."""
+    prefix = context.execution_options.get(_PREFIX_OPTION) if context is not None else None
+    return (prefix + statement if prefix else statement), parameters
+
+
+def _install_hook(engine: Engine) -> None:
+    if not event.contains(engine, "before_cursor_execute", _prefix_statement):
+        event.listen(engine, "before_cursor_execute", _prefix_statement, retval=True)
 
 
 def _driver_rows(result: Any) -> List[Any]:
@@ -128,36 +150,46 @@ class MaterialisedRows:
             raise
         return self
 
-    def _open_pg(self, con: Connection) -> None:
+    def _run_prefixed(self, con: Connection, prefix: str) -> None:
+        """Execute the query with ``prefix`` put in front of its SQL text by the driver-level hook
+        (``_prefix_statement``): SQLAlchemy still compiles the query once per shape and caches it,
+        where compiling it by hand each run costs tens of milliseconds for a change query."""
         assert self.query is not None
-        compiled = self.query.compile(dialect=con.dialect, compile_kwargs={"render_postcompile": True})
+        _install_hook(con.engine)
+        con.execute(self.query, execution_options={_PREFIX_OPTION: prefix}).close()
+
+    def _open_pg(self, con: Connection) -> None:
         # the name is generated here; the query's values stay bound parameters
-        con.exec_driver_sql(f"DECLARE {self._name} SCROLL CURSOR WITH HOLD FOR {compiled}", compiled.params)
+        self._run_prefixed(con, f"DECLARE {self._name} SCROLL CURSOR WITH HOLD FOR ")
         self._kind = "pg"
-        # count by moving over the held result, then rewind: neither re-runs the query
-        self.count = int(con.exec_driver_sql(f"MOVE FORWARD ALL IN {self._name}").rowcount)
-        con.exec_driver_sql(f"MOVE ABSOLUTE 0 IN {self._name}")
-        self._con = con
+        first = rows_to_df(_driver_rows(con.exec_driver_sql(f"FETCH FORWARD {self.page_rows} FROM {self._name}")),
+                           self.columns)
+        self.count = len(first)
+        if self.count == self.page_rows:  # maybe more: count the rest by moving over it, then come back
+            self.count += int(con.exec_driver_sql(f"MOVE FORWARD ALL IN {self._name}").rowcount)
+            con.exec_driver_sql(f"MOVE ABSOLUTE {self.page_rows} IN {self._name}")
+        self._memory = first  # the first page is handed out from here, not fetched again
+        if self.count == len(first):
+            self._release()  # a small result: nothing stays on the server
 
     def _open_sqlite(self, con: Connection) -> None:
-        assert self.query is not None
-        table = Table(
-            self._name,
-            MetaData(),
-            *[Column(name, type_) for name, type_ in zip(self.columns, self.types)],
-            prefixes=["TEMPORARY"],
-        )
+        quote = con.dialect.identifier_preparer.quote
+        columns = ", ".join(f"{quote(c)} {t.compile(dialect=con.dialect)}" for c, t in zip(self.columns, self.types))
+        names = ", ".join(quote(c) for c in self.columns)
         with con.begin():
-            table.create(con)
+            con.exec_driver_sql(f"CREATE TEMP TABLE {self._name} ({columns})")
             self._kind = "sqlite"
-            con.execute(table.insert().from_select(self.columns, self.query))
+            self._run_prefixed(con, f"INSERT INTO temp.{self._name} ({names}) ")
         self.count = int(con.exec_driver_sql(f"SELECT coalesce(max(rowid), 0) FROM temp.{self._name}").scalar_one())
         con.commit()
 
     def close(self) -> None:
         """Drop the server-side result and give the connection back (idempotent)."""
-        con, self._con = self._con, None
         self._memory = None
+        self._release()
+
+    def _release(self) -> None:
+        con, self._con = self._con, None
         if con is None:
             return
         try:
@@ -190,9 +222,11 @@ class MaterialisedRows:
 
     def _read_page(self) -> pd.DataFrame:
         n = self.page_rows
-        if self._kind == "memory":
-            assert self._memory is not None
-            return self._memory.iloc[self._position : self._position + n].reset_index(drop=True)
+        if self._memory is not None and self._position < len(self._memory):
+            page = self._memory.iloc[self._position : self._position + n].reset_index(drop=True)
+            if self._position + n >= len(self._memory):
+                self._memory = None  # handed out: let it go
+            return page
         con = self._con
         if con is None:
             return rows_to_df([], self.columns)
