@@ -181,3 +181,33 @@ def test_materialised_rows_pages(ds, make_catalog, dbconn, page_rows):
     assert list(MaterialisedRows(dbconn, None, ["id"], [Integer()]).open().pages()) == []
     with pytest.raises(ValueError, match="page_rows"):
         MaterialisedRows(dbconn, query, ["id"], [Integer()], 0)
+
+
+def test_full_run_batches_report_counts_not_keys(ds, make_catalog):
+    """A full run passes no changes downstream: the executor is handed counts, so it keeps no keys."""
+    from datapipe.executor import SingleThreadExecutor
+
+    returned = []
+
+    class Keeping(SingleThreadExecutor):
+        def run_process_batch(self, step, ds, idx_count, idx_gen, process_fn, run_config=None, executor_config=None):
+            def recording(ds, idx, rc):
+                changes = process_fn(ds, idx, rc)
+                returned.append(changes)
+                return changes
+
+            return super().run_process_batch(step, ds, idx_count, idx_gen, recording, run_config, executor_config)
+
+    catalog = make_catalog(inp=cols("id"), out=cols("id"))
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], chunk_size=4)]))
+    inp = ds.get_table("inp")
+    inp.store_chunk(rows(range(10)))
+    result = run_steps(ds, steps, executor=Keeping())
+    assert [c.key_count() for c in returned] == [4, 4, 2]
+    assert all(c.changes == {} for c in returned)  # no key frames kept per batch
+    assert (result.steps[0].processed, result.steps[0].changed, result.steps[0].deleted) == (10, 10, 0)
+    inp.delete_by_idx(pd.DataFrame({"id": [1, 2]}))
+    returned.clear()
+    result = run_steps(ds, steps, executor=Keeping())
+    assert [(c.key_count(), c.deleted_count) for c in returned] == [(2, 2)]
+    assert (result.steps[0].processed, result.steps[0].changed, result.steps[0].deleted) == (2, 0, 2)

@@ -94,6 +94,10 @@ class ChangeList:
             self._parts = {}
         return self._changes
 
+    def key_count(self) -> int:
+        """How many changed keys, over all tables (progress statistics)."""
+        return sum(len(idx) for idx in self.changes.values())
+
     @classmethod
     def create(cls, name: str, idx: IndexDF) -> ChangeList:
         res = cls()

@@ -98,7 +98,7 @@ class ExecutorConfig:
 
 def batch_stats(changes: ChangeList) -> Dict[str, int]:
     """``changed`` (new or updated) and ``deleted`` output keys of one batch's ``ChangeList``."""
-    total = sum(len(idx) for idx in changes.changes.values())
+    total = changes.key_count()
     deleted = changes.deleted_count
     return {"changed": total - deleted, "deleted": deleted}
 

@@ -190,6 +190,26 @@ def normalise_filters(filters: Filters) -> List[LabelDict]:
     return list(filters)  # type: ignore[arg-type]
 
 
+class ChangeCounts(ChangeList):
+    """What a batch of a full run reports: how many output keys changed and were deleted, not which.
+
+    A full run does not pass its changes downstream, so the executor need not gather them: with
+    the keys themselves, ten million processed records would keep ten million keys in memory.
+    """
+
+    def __init__(self, changed: int = 0, deleted: int = 0) -> None:
+        super().__init__()
+        self.total = changed
+        self.deleted_count = deleted
+
+    def key_count(self) -> int:
+        return self.total
+
+    def extend(self, other: ChangeList) -> None:
+        self.total += other.key_count()
+        self.deleted_count += other.deleted_count
+
+
 class StepMeta(TransformMeta):
     """A batch step's processing state and its change query: which keys are pending.
 
@@ -390,11 +410,13 @@ class BaseBatchTransformStep(ComputeStep):
         run_config: RunConfig,
         executor: Optional[Executor],
         run: StepRun,
+        keep_changes: bool = True,
     ) -> ChangeList:
+        """Run the batches; ``keep_changes=False`` (full runs) has each batch report counts only."""
         run.start(count)
         executor = executor or SingleThreadExecutor()
         config = self.executor_config
-        process = BatchProcessor(self.prepare_batch)
+        process = BatchProcessor(self.prepare_batch if keep_changes else self.prepare_batch_counts)
         return executor.run_process_batch(self, ds, count, batches, process, run_config, config)
 
     def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
@@ -406,7 +428,7 @@ class BaseBatchTransformStep(ComputeStep):
             # not worth a round trip for a single batch
             self.fresh_keys = count > 1 and self.meta.is_empty()
             try:
-                self._execute(ds, count, batches, run_config, executor, run)
+                self._execute(ds, count, batches, run_config, executor, run, keep_changes=False)
             finally:
                 self.fresh_keys = False
         if self.meta.can_advance_watermark(run_config):
@@ -459,6 +481,13 @@ class BaseBatchTransformStep(ComputeStep):
             return _BatchWrite(self, ds, idx, frames, snapshot, run_config)
         except Exception as e:  # noqa: BLE001 - any error in user code fails only this batch
             return _Finished(self._record_failure(idx, e, run_config))
+
+    def prepare_batch_counts(
+        self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None
+    ) -> PreparedBatch:
+        """``prepare_batch`` for a full run: the batch reports how many output keys changed, not
+        which (``ChangeCounts``)."""
+        return _Counted(self.prepare_batch(ds, idx, run_config))
 
     def _record_failure(self, idx: IndexDF, error: Exception, run_config: RunConfig) -> ChangeList:
         text = f"{type(error).__name__}: {error}"
@@ -640,6 +669,20 @@ class _Finished(PreparedBatch):
         if error is not None:
             raise error
         return self.changes
+
+
+class _Counted(PreparedBatch):
+    """A batch of a full run: written as prepared, reported as counts (``ChangeCounts``)."""
+
+    def __init__(self, prepared: PreparedBatch) -> None:
+        self.prepared = prepared
+
+    def write(self) -> None:
+        self.prepared.write()
+
+    def finish(self, error: Optional[Exception]) -> ChangeList:
+        changes = self.prepared.finish(error)
+        return ChangeCounts(changes.key_count(), changes.deleted_count)
 
 
 class _BatchWrite(PreparedBatch):
