@@ -9,7 +9,8 @@ large N with the same workload, each group of phases in a fresh worker process:
 * ``first_run``: the one-input ``BatchTransform`` of ``workloads.py`` over all N keys, with a
   timing breakdown (finding the keys, reading inputs, the function, writing results) and a check
   of the output: row count and ``sum(x)`` must equal N and twice the input's;
-* ``noop_rerun`` (median of ``NOOP_REPEATS``);
+* ``noop_rerun``: after all sizes, ``NOOP_ROUNDS`` rounds that each rerun every size's pipeline
+  (median of ``NOOP_REPEATS`` no-op runs per worker), interleaved; the median over the rounds;
 * ``rerun_0.1pct_changed`` / ``rerun_0.1pct_deleted``: 0.1 % of the rows changed (then deleted),
   median of ``RERUN_REPEATS``, each checked. 0.1 % rather than the 1 % of the smaller sizes: at
   10 M, 1 % is 100 000 rows, a small first run rather than a rerun.
@@ -42,6 +43,7 @@ REFERENCE_N = 100_000
 SCALE_FRACTION = 0.001
 LOAD_CHUNK = 50_000
 NOOP_REPEATS = 5
+NOOP_ROUNDS = 3
 RERUN_REPEATS = 3
 GROWTH_SLACK = 1.5
 NOOP_FLAT = 2.0
@@ -188,7 +190,19 @@ def scale_reruns(url: str, n: int, chunk_size: int) -> Dict[str, Any]:
     }
 
 
+def scale_noop(url: str, n: int, chunk_size: int) -> Dict[str, Any]:
+    """No-op reruns only (median of NOOP_REPEATS), for the interleaved flatness check."""
+    import workloads
+
+    from datapipe.compute import run_steps
+
+    ds, steps = workloads._one_input_pipeline(url, chunk_size)
+    return {"noop_rerun": workloads._median([workloads.timed(lambda: run_steps(ds, steps))
+                                             for _ in range(NOOP_REPEATS)])}
+
+
 WORKERS: Dict[str, Callable[..., Dict[str, Any]]] = {
+    "scale_noop": scale_noop,
     "scale_load": scale_load,
     "scale_first_run": scale_first_run,
     "scale_reruns": scale_reruns,
@@ -222,15 +236,26 @@ def measure_one(dbs: Any, kind: str, n: int, chunk: int) -> Dict[str, Any]:
         dp.update(worker(name, url, n, chunk))
         print(f"[{kind} N={n} scale] {label} done in {time.perf_counter() - t:.1f} s", flush=True)
     dp["max_peak_rss_mib"] = max(dp["load_peak_rss_mib"], dp["peak_rss_mib"], dp["reruns_peak_rss_mib"])
-    return {"db": kind, "n": n, "chunk_size": chunk, "fraction": SCALE_FRACTION, "datapipe": dp}
+    return {"db": kind, "n": n, "chunk_size": chunk, "fraction": SCALE_FRACTION, "datapipe": dp, "url": url}
 
 
 def measure(dbs: Any, kind: str, sizes: List[int], chunk: int, reference: int = REFERENCE_N) -> List[Dict[str, Any]]:
-    """The reference N and every N of ``sizes`` on database ``kind``."""
+    """The reference N and every N of ``sizes`` on database ``kind``; then the no-op rerun again on
+    each of them, interleaved (``NOOP_ROUNDS`` rounds), so that flatness is judged on timings taken
+    under the same machine load rather than minutes apart."""
     results = [measure_one(dbs, kind, reference, chunk)]
     results[0]["reference"] = True
     for n in sizes:
         results.append(measure_one(dbs, kind, n, chunk))
+    samples: Dict[int, List[float]] = {r["n"]: [] for r in results}
+    print(f"[{kind} scale] no-op reruns, interleaved ...", flush=True)
+    for _ in range(NOOP_ROUNDS):
+        for r in results:
+            samples[r["n"]].append(worker("scale_noop", r["url"], r["n"], chunk)["noop_rerun"])
+    for r in results:
+        r["datapipe"]["samples_noop_interleaved"] = samples[r["n"]]
+        r["datapipe"]["noop_rerun"] = sorted(samples[r["n"]])[len(samples[r["n"]]) // 2]
+        del r["url"]
     return results
 
 
