@@ -8,6 +8,11 @@ the live keys of the inputs that hold the rest and with keys the step processed 
 deletions reach old outputs). Keys whose recorded snapshot already saw the change are dropped;
 keys whose last attempt failed are added.
 
+A full run does not fetch the keys the query returns: ``ChangeQuery.materialise`` has the
+database evaluate it once and hold the result (a ``WITH HOLD`` cursor on PostgreSQL, a temporary
+table on SQLite), and the run reads it back in pages; ``datapipe.sql.pages`` says why this and not
+a long-open cursor. Change lists are small by nature and still fetch their keys (``fetch``).
+
 A step declared with ``transform_keys=[]`` processes all its input rows as one batch (a many-to-one
 aggregate). Its only transform key is the constant ``GLOBAL_KEY`` (always 0): any changed input row
 maps to it, so the step's metadata holds one row and the change query still says "nothing new"
