@@ -14,8 +14,10 @@ into batches of ``chunk_size``, and for each batch
    after the read is not visible in it, so the next run picks the key up again.
 
 A failing batch is recorded (``is_success=False`` with the error text) and retried next run.
-Only after every batch of a complete, unfiltered run is the snapshot stored as the inputs'
-watermark; so client memory for keys is bounded by the page size, not by how many keys are pending.
+Only after every batch of a complete, unfiltered run is the run's snapshot stored as the inputs'
+watermark. Client memory for keys is bounded by the page size, not by how many keys are pending, and
+a full run's batches report counts of changed output keys (``ChangeCounts``), not the keys: a full
+run passes nothing downstream, so the executor keeps nothing that grows with the run.
 """
 
 from __future__ import annotations
