@@ -20,7 +20,8 @@ without error, and the Ray run's table and metadata must equal the single-thread
 Ray's own start-up is excluded: ``ray.init`` and one small untimed warm-up run through Ray (the
 worker processes import pandas, SQLAlchemy and Datapipe on their first task, about 1.5 s on the
 2-core machine) happen before timing. Shipping the step to the workers is included.
-``--writes`` sets ``RayExecutor(writes=...)`` (default ``auto``). PostgreSQL is a throwaway server
+``--writes`` sets ``RayExecutor(writes=...)`` (default ``auto``); several, comma-separated, are measured
+in the same interleaved rounds (single, Ray with each), to compare them. PostgreSQL is a throwaway server
 started here, or ``POSTGRES_URL``. Results print as a table and go to
 ``benchmarks/results/ray_speedup.json`` (or ``--json``).
 """
@@ -121,21 +122,24 @@ def _median(values: List[float]) -> float:
 
 
 def measure(
-    fresh_url: Callable[[], str], rows: int, rows_per_batch: int, ms: float, repeats: int, writes: str
-) -> Dict[str, Any]:
-    """``repeats`` interleaved pairs (single, Ray); medians, their ratio and every sample."""
+    fresh_url: Callable[[], str], rows: int, rows_per_batch: int, ms: float, repeats: int, writes: List[str]
+) -> List[Dict[str, Any]]:
+    """``repeats`` interleaved rounds (single, then Ray with each ``writes`` mode); per mode the medians,
+    their ratio and every sample."""
     from datapipe.executor.ray import RayExecutor
 
     singles: List[float] = []
-    rays: List[float] = []
+    rays: Dict[str, List[float]] = {w: [] for w in writes}
     for _ in range(repeats):
         single, single_state = run_once(fresh_url(), rows, rows_per_batch, ms, None)
-        ray_s, ray_state = run_once(fresh_url(), rows, rows_per_batch, ms, RayExecutor(writes=writes))
-        compare(single_state, ray_state)
         singles.append(single)
-        rays.append(ray_s)
-    return {"single_s": _median(singles), "ray_s": _median(rays), "speedup": _median(singles) / _median(rays),
-            "samples_single_s": singles, "samples_ray_s": rays, "checked": "output digest + metadata, Ray = single"}
+        for w in writes:
+            ray_s, ray_state = run_once(fresh_url(), rows, rows_per_batch, ms, RayExecutor(writes=w))
+            compare(single_state, ray_state)
+            rays[w].append(ray_s)
+    return [{"writes": w, "single_s": _median(singles), "ray_s": _median(rays[w]),
+             "speedup": _median(singles) / _median(rays[w]), "samples_single_s": singles, "samples_ray_s": rays[w],
+             "checked": "output digest + metadata, Ray = single"} for w in writes]
 
 
 def url_factory(kind: str, tmp: str, server_url: Optional[str]) -> Callable[[], str]:
@@ -150,7 +154,7 @@ def url_factory(kind: str, tmp: str, server_url: Optional[str]) -> Callable[[], 
 
 
 def run_phases(kinds: List[str], batches: int = 200, ms: float = 20.0, meta_batches: int = 500, repeats: int = 3,
-               writes: str = "auto") -> List[Dict[str, Any]]:
+               writes: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """Both workloads on each database kind; one result dict per (db, workload)."""
     import ray
 
@@ -162,11 +166,12 @@ def run_phases(kinds: List[str], batches: int = 200, ms: float = 20.0, meta_batc
     server: Any = None
     server_url = os.environ.get("POSTGRES_URL")
     results: List[Dict[str, Any]] = []
+    writes = writes or ["auto"]
     try:
         from datapipe.executor.ray import RayExecutor
 
         warm = url_factory("sqlite", tmp, None)
-        run_once(warm(), 20 * ROWS_PER_CPU_BATCH, ROWS_PER_CPU_BATCH, 5, RayExecutor(writes=writes))  # untimed
+        run_once(warm(), 20 * ROWS_PER_CPU_BATCH, ROWS_PER_CPU_BATCH, 5, RayExecutor())  # untimed
         for kind in kinds:
             if kind == "postgres" and server_url is None:
                 from datapipe.testing.services import PostgresServer
@@ -179,9 +184,9 @@ def run_phases(kinds: List[str], batches: int = 200, ms: float = 20.0, meta_batc
                 ("metadata", (meta_batches, ROWS_PER_META_BATCH, 0.0)),
             ):
                 print(f"[ray {kind}] {workload}: {n_batches} batches x {repeats} ...", file=sys.stderr, flush=True)
-                r = measure(fresh_url, n_batches * rows_per_batch, rows_per_batch, work_ms, repeats, writes)
-                results.append({"db": kind, "workload": workload, "writes": writes, "batches": n_batches,
-                                "min_speedup": TARGETS[workload], "load": os.getloadavg()[0], **r})
+                for r in measure(fresh_url, n_batches * rows_per_batch, rows_per_batch, work_ms, repeats, writes):
+                    results.append({"db": kind, "workload": workload, "batches": n_batches,
+                                    "min_speedup": TARGETS[workload], "load": os.getloadavg()[0], **r})
     finally:
         ray.shutdown()
         if server is not None:
@@ -197,18 +202,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--ms", type=float, default=20.0)
     p.add_argument("--meta-batches", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3, help="interleaved single/Ray pairs per workload (medians)")
-    p.add_argument("--writes", default="auto", choices=["auto", "driver", "workers"], help="RayExecutor(writes=)")
+    p.add_argument("--writes", default="auto",
+                   help="RayExecutor(writes=...): auto, driver, workers; comma-separated to compare, interleaved")
     p.add_argument("--json", default=str(RESULTS / "ray_speedup.json"), help="where to write the results")
     args = p.parse_args(argv)
     sys.path.insert(0, str(HERE))
+    writes = [w for w in args.writes.split(",") if w]
+    bad = [w for w in writes if w not in ("auto", "driver", "workers")]
+    if bad:
+        p.error(f"unknown --writes {bad}")
     results = run_phases([k for k in args.db.split(",") if k], args.batches, args.ms, args.meta_batches,
-                         args.repeats, args.writes)
-    print(f"{'db':9} {'workload':9} {'single s':>9} {'ray s':>8} {'speedup':>8}  target   samples (single / Ray)")
+                         args.repeats, writes)
+    print(f"{'db':9} {'workload':9} {'writes':8} {'single s':>9} {'ray s':>8} {'speedup':>8}  target   "
+          "samples (single / Ray)")
     for r in results:
         times = f"{r['single_s']:9.2f} {r['ray_s']:8.2f} {r['speedup']:7.2f}x"
         ok = "ok  " if r["speedup"] >= r["min_speedup"] else "MISS"
         samples = " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["samples_single_s"], r["samples_ray_s"]))
-        print(f"{r['db']:9} {r['workload']:9} {times}  >={r['min_speedup']:.2f}x {ok}  {samples}")
+        print(f"{r['db']:9} {r['workload']:9} {r['writes']:8} {times}  >={r['min_speedup']:.2f}x {ok}  {samples}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

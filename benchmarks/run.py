@@ -228,7 +228,7 @@ def measure_ray(dbs: Databases, kinds: List[str], python: str, repeats: int) -> 
     for r in results:
         samples = " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["samples_single_s"], r["samples_ray_s"]))
         rows.append(Row(r["db"], f"{r['batches']} batches", f"ray_{r['workload']}", r["ray_s"], r["single_s"],
-                        f"single/Ray s: {samples}; load {r['load']:.1f}"))
+                        f"writes={r['writes']}; single/Ray s: {samples}; load {r['load']:.1f}"))
     return rows, results
 
 
