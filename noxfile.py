@@ -106,23 +106,33 @@ def elastic(session: nox.Session) -> None:
     session.run("pytest", "tests/elastic", *session.posargs)
 
 
+def venv_015(session: nox.Session) -> Path:
+    """The interpreter of ``.nox/bench-015``: a virtualenv with datapipe-core 0.15.0 from the package index."""
+    venv = Path(session.virtualenv.location).parent / "bench-015"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(venv), external=True)
+    session.run(str(python), "-m", "pip", "install", "-q", "datapipe-core==0.15.0", "psycopg2-binary", external=True)
+    return python
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks vs the bare-driver floor (not a default session): `nox -s bench -- --sizes 100000 --db sqlite`."""
-    install_core(session, "postgres")
+    """Benchmarks, one table with targets (not a default session): `nox -s bench -- --sizes 100000 --db sqlite`;
+    `-- --ray` adds the Ray phases, `-- --vs-015` datapipe 0.15 side by side (see benchmarks/README.md)."""
+    install_core(session, "postgres,ray")
     session.install("matplotlib")
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    args = list(session.posargs)
+    if any(a.startswith("--vs-015") for a in args) and not any(a.startswith("--python015") for a in args):
+        args += ["--python015", str(venv_015(session))]
+    session.run("python", "benchmarks/run.py", *args)
 
 
 @nox.session
 def bench_015(session: nox.Session) -> None:
     """This Datapipe next to datapipe-core 0.15.0 on the same workload (not a default session)."""
     install_core(session, "postgres")
-    venv = Path(session.virtualenv.location).parent / "bench-015"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        session.run(sys.executable, "-m", "venv", str(venv), external=True)
-    session.run(str(python), "-m", "pip", "install", "-q", "datapipe-core==0.15.0", "psycopg2-binary", external=True)
+    python = venv_015(session)
     session.run("python", "benchmarks/vs_015.py", "--python015", str(python), *session.posargs)
 
 

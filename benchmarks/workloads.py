@@ -6,6 +6,7 @@ phase group and no state leaks between measurements. Every function returns a di
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import sqlite3
 import time
@@ -35,6 +36,53 @@ def input_frame(n: int, start: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(start)
     ids = np.arange(start, start + n)
     return pd.DataFrame({"id": ids, "x": rng.integers(0, 1000, n), "s": [f"row-{i}" for i in ids]})
+
+
+def digest(df: pd.DataFrame, keys: Sequence[str]) -> str:
+    """Content digest of a table: SHA-256 of its rows sorted by ``keys``, columns in name order, values as text.
+
+    Independent of row order, column order and integer dtype, so a frame computed from the input with
+    pandas and the table Datapipe wrote have the same digest exactly when they hold the same rows.
+    """
+    cols = sorted(df.columns)
+    ordered = df.sort_values(list(keys), kind="mergesort")[cols].astype(str)
+    h = hashlib.sha256("\x1f".join(cols).encode())
+    for column in ordered.columns:
+        h.update(b"\x1e" + "\x1f".join(ordered[column].tolist()).encode())
+    return h.hexdigest()
+
+
+def check_output(phase: str, got: pd.DataFrame, expected: pd.DataFrame, keys: Sequence[str]) -> str:
+    """Raise unless ``got`` has the rows of ``expected`` (count and content digest); return the digest."""
+    if len(got) != len(expected):
+        raise AssertionError(f"{phase}: output has {len(got)} rows, expected {len(expected)}")
+    have, want = digest(got[list(expected.columns)], keys), digest(expected, keys)
+    if have != want:
+        raise AssertionError(f"{phase}: output content digest {have[:12]} differs from the expected {want[:12]}")
+    return have
+
+
+def expected_one_input(n: int, changed_rounds: int = 0, deleted_rounds: int = 0) -> pd.DataFrame:
+    """What ``bench_out`` must hold after the first run, ``changed_rounds`` 1 % changes and ``deleted_rounds``
+    1 % deletions of ``dp_reruns``, computed from the input alone (x * 2 of the current input)."""
+    inp = input_frame(n)
+    k = max(1, int(n * CHANGE_FRACTION))
+    for r in range(changed_rounds):
+        changed = input_frame(k, r * k)
+        changed["x"] = changed["x"] + 1
+        inp = pd.concat([inp[~inp["id"].isin(changed["id"])], changed], ignore_index=True)
+    if deleted_rounds:
+        inp = inp[inp["id"] < n - deleted_rounds * k]
+    return inp.assign(x=inp["x"] * 2)
+
+
+def expected_cross(side: int, changed: int = 0) -> pd.DataFrame:
+    """``x_scores`` of ``dp_cross``: every (model, image) pair with w * v, the first ``changed`` images' v + 1."""
+    ids = np.arange(side)
+    w = ids % 7
+    v = ids % 11 + (ids < changed)
+    return pd.DataFrame({"model_id": np.repeat(ids, side), "image_id": np.tile(ids, side),
+                         "score": np.repeat(w, side) * np.tile(v, side)})
 
 
 # ------------------------------------------------------------------------------------- Datapipe
@@ -89,7 +137,10 @@ def dp_first_run(url: str, n: int, chunk_size: int) -> Dict[str, float]:
     size = ds.get_table("out").get_size()
     if size != n:
         raise AssertionError(f"first run wrote {size} rows, expected {n}")
-    return {"first_run": elapsed, "peak_rss_mib": peak_rss_mib(), "rss_before_run_mib": rss_before}
+    rss = peak_rss_mib()  # before the check reads the whole output
+    check = check_output("first_run", ds.get_table("out").get_data(), expected_one_input(n), ["id"])
+    return {"first_run": elapsed, "peak_rss_mib": rss, "rss_before_run_mib": rss_before,
+            "digest_first_run": check}  # type: ignore[dict-item]
 
 
 def _median(values: List[float]) -> float:
@@ -114,12 +165,18 @@ def dp_reruns(url: str, n: int, chunk_size: int) -> Dict[str, float]:
         got = out.get_data(changed[["id"]])
         if not (got.set_index("id").loc[changed["id"], "x"].to_numpy() == changed["x"].to_numpy() * 2).all():
             raise AssertionError("1% change was not propagated")
+    digest_changed = check_output("rerun_1pct_changed", out.get_data(),
+                                  expected_one_input(n, RERUN_REPEATS), ["id"])
     for r in range(RERUN_REPEATS):
         inp.delete_by_idx(pd.DataFrame({"id": np.arange(n - (r + 1) * k, n - r * k)}))
         t_deleted.append(timed(lambda: run_steps(ds, steps)))
         if out.get_size() != n - (r + 1) * k:
             raise AssertionError(f"1% delete was not propagated: {out.get_size()} rows, expected {n - (r + 1) * k}")
+    digest_deleted = check_output("rerun_1pct_deleted", out.get_data(),
+                                  expected_one_input(n, RERUN_REPEATS, RERUN_REPEATS), ["id"])
     return {
+        "digest_rerun_1pct_changed": digest_changed,  # type: ignore[dict-item]
+        "digest_rerun_1pct_deleted": digest_deleted,  # type: ignore[dict-item]
         "noop_rerun": _median(noop),
         "rerun_1pct_changed": _median(t_changed),
         "rerun_1pct_deleted": _median(t_deleted),
@@ -161,12 +218,15 @@ def dp_cross(url: str, side: int, chunk_size: int) -> Dict[str, float]:
     ds.get_table("models").store_chunk(pd.DataFrame({"model_id": ids, "w": ids % 7}))
     ds.get_table("images").store_chunk(pd.DataFrame({"image_id": ids, "v": ids % 11}))
     first = timed(lambda: run_steps(ds, steps))
-    if ds.get_table("scores").get_size() != side * side:
-        raise AssertionError("cross join first run is incomplete")
+    keys = ["model_id", "image_id"]
+    scores = ds.get_table("scores")
+    d_first = check_output("cross_first_run", scores.get_data(), expected_cross(side), keys)
     k = max(1, int(side * CHANGE_FRACTION))
     ds.get_table("images").store_chunk(pd.DataFrame({"image_id": ids[:k], "v": ids[:k] % 11 + 1}))
     rerun = timed(lambda: run_steps(ds, steps))
-    return {"cross_first_run": first, "cross_rerun_1pct_side": rerun}
+    d_rerun = check_output("cross_rerun_1pct_side", scores.get_data(), expected_cross(side, k), keys)
+    return {"cross_first_run": first, "cross_rerun_1pct_side": rerun,
+            "digest_cross_first_run": d_first, "digest_cross_rerun_1pct_side": d_rerun}  # type: ignore[dict-item]
 
 
 # ------------------------------------------------------------------------------------- bare driver

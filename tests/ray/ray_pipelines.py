@@ -1,6 +1,7 @@
 """Step functions and pipeline builders for the Ray tests (importable by Ray workers via PYTHONPATH)."""
 
-from typing import Dict, List
+import threading
+from typing import Callable, Dict, List
 
 import pandas as pd
 from sqlalchemy import Column, Integer, String
@@ -23,21 +24,37 @@ def exclaim(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(a=df["a"] + "!")
 
 
+class UnpicklableError(Exception):
+    """An exception that cannot be pickled (it holds a lock), raised for a row whose value is 'locked'."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def exclaim_or_lock(df: pd.DataFrame) -> pd.DataFrame:
+    """Like ``exclaim``, but a batch with a 'locked' value raises ``UnpicklableError``."""
+    if (df["a"] == "locked").any():
+        raise UnpicklableError("locked value in batch")
+    return exclaim(df)
+
+
 def evens_and_odds(df: pd.DataFrame):
     """Two outputs; rows move between them when values change (deletes from the other)."""
     n = df["a"].str.len()
     return df[n % 2 == 0], df[n % 2 == 1]
 
 
-def build(ds: DataStore, dbconn: DBConn, prefix: str, parallelism: int = 3) -> Dict[str, object]:
-    """Tables ``<prefix>_inp/_out/_even/_odd`` and two steps, chunk_size 4."""
+def build(ds: DataStore, dbconn: DBConn, prefix: str, parallelism: int = 3,
+          first: Callable[[pd.DataFrame], pd.DataFrame] = exclaim) -> Dict[str, object]:
+    """Tables ``<prefix>_inp/_out/_even/_odd`` and two steps (``first``, then the split), chunk_size 4."""
     names = ["inp", "out", "even", "odd"]
     catalog = Catalog({f"{prefix}_{n}": Table(TableStoreDB(dbconn, f"{prefix}_{n}", schema(), create_table=True))
                        for n in names})
     config = ExecutorConfig(cpu=0.5, parallelism=parallelism)
     pipeline = Pipeline(
         [
-            BatchTransform(exclaim, inputs=[f"{prefix}_inp"], outputs=[f"{prefix}_out"], chunk_size=4,
+            BatchTransform(first, inputs=[f"{prefix}_inp"], outputs=[f"{prefix}_out"], chunk_size=4,
                            name=f"{prefix}_exclaim", executor_config=config),
             BatchTransform(evens_and_odds, inputs=[f"{prefix}_out"], outputs=[f"{prefix}_even", f"{prefix}_odd"],
                            chunk_size=4, name=f"{prefix}_split", executor_config=config),

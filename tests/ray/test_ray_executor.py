@@ -3,7 +3,9 @@
 Each test builds the same pipeline twice in one database (table prefixes ``st`` and ``ray``),
 applies the same input changes to both, runs one with ``SingleThreadExecutor`` and the other with
 ``RayExecutor`` (parallelism 3, so several batches are in flight), and compares data and metadata
-(timestamps aside) after every run. Runs on SQLite and PostgreSQL (``dbconn``).
+(timestamps aside) after every run. Runs on SQLite and PostgreSQL (``dbconn``), and the tests of
+results and failures run with both ``writes="driver"`` (workers compute, the driver commits) and
+``writes="workers"`` (each task writes its batch).
 """
 
 from typing import Any, Dict, List
@@ -11,10 +13,11 @@ from typing import Any, Dict, List
 import pandas as pd
 import pytest
 import ray_pipelines as rp
+from sqlalchemy import event
 
 from datapipe.compute import run_steps
 from datapipe.datatable import DataStore
-from datapipe.executor import ExecutorConfig, SingleThreadExecutor
+from datapipe.executor import BatchProcessor, ExecutorConfig, SingleThreadExecutor
 from datapipe.executor.ray import RayExecutor
 from datapipe.progress import RunStats
 from datapipe.run_config import RunConfig
@@ -29,10 +32,11 @@ def _sorted(df: pd.DataFrame, cols: List[str]) -> pd.DataFrame:
 class Twin:
     """The same pipeline under two prefixes in one DataStore."""
 
-    def __init__(self, dbconn: Any) -> None:
+    def __init__(self, dbconn: Any, writes: str = "auto") -> None:
         self.ds = DataStore(dbconn, create_meta_table=True)
         self.st = rp.build(self.ds, dbconn, "st")
         self.ray = rp.build(self.ds, dbconn, "ray")
+        self.writes = writes
 
     def table(self, side: Dict[str, Any], name: str):
         return self.ds.get_table(side["tables"][name])
@@ -47,7 +51,7 @@ class Twin:
 
     def run(self, run_config: RunConfig = None) -> None:
         run_steps(self.ds, self.st["steps"], run_config, executor=SingleThreadExecutor())
-        run_steps(self.ds, self.ray["steps"], run_config, executor=RayExecutor())
+        run_steps(self.ds, self.ray["steps"], run_config, executor=RayExecutor(writes=self.writes))
 
     def assert_equal(self) -> None:
         for name in ("out", "even", "odd"):
@@ -69,8 +73,12 @@ def words(ids, fmt="w{}") -> pd.DataFrame:
     return pd.DataFrame({"id": list(ids), "a": [fmt.format(i) for i in ids]})
 
 
-def test_one_to_one_and_updates(ray_local, dbconn):
-    twin = Twin(dbconn)
+WRITES = pytest.mark.parametrize("writes", ["driver", "workers"])
+
+
+@WRITES
+def test_one_to_one_and_updates(ray_local, dbconn, writes):
+    twin = Twin(dbconn, writes)
     twin.store(words(range(30)))
     twin.run()
     twin.assert_equal()
@@ -82,8 +90,9 @@ def test_one_to_one_and_updates(ray_local, dbconn):
     assert out[30] == "changed30!" and out[3] == "w3!"
 
 
-def test_failing_batch_is_recorded_and_retried(ray_local, dbconn):
-    twin = Twin(dbconn)
+@WRITES
+def test_failing_batch_is_recorded_and_retried(ray_local, dbconn, writes):
+    twin = Twin(dbconn, writes)
     df = words(range(20))
     df.loc[df["id"] == 9, "a"] = "bad"  # batch 8..11 fails
     twin.store(df)
@@ -102,8 +111,9 @@ def test_failing_batch_is_recorded_and_retried(ray_local, dbconn):
     assert step.meta.get_counts() == {"processed": 20, "failed": 0}
 
 
-def test_deletes_propagate(ray_local, dbconn):
-    twin = Twin(dbconn)
+@WRITES
+def test_deletes_propagate(ray_local, dbconn, writes):
+    twin = Twin(dbconn, writes)
     twin.store(words(range(12)))
     twin.run()
     twin.delete([0, 1, 2, 7])
@@ -116,12 +126,14 @@ def test_deletes_propagate(ray_local, dbconn):
     assert split.deleted >= 4  # the 4 deleted keys, plus rows that moved between outputs
 
 
-def test_fail_fast_reraises_on_driver(ray_local, dbconn):
+@WRITES
+def test_fail_fast_reraises_on_driver(ray_local, dbconn, writes):
     ds = DataStore(dbconn, create_meta_table=True)
     side = rp.build(ds, dbconn, "ff")
     ds.get_table("ff_inp").store_chunk(pd.DataFrame({"id": [1, 2], "a": ["bad", "x"]}))
     with pytest.raises(ValueError, match="bad value in batch"):
-        run_steps(ds, side["steps"], RunConfig(fail_fast=True), executor=RayExecutor())
+        run_steps(ds, side["steps"], RunConfig(fail_fast=True), executor=RayExecutor(writes=writes))
+    assert side["steps"][0].meta.get_counts() == {"processed": 2, "failed": 2}  # the failing batch is recorded
 
 
 def test_progress_streams_on_driver_with_parallelism_one(ray_local, dbconn):
@@ -178,19 +190,81 @@ def test_streams_keys_with_bounded_tasks_in_flight(ray_local, dbconn):
     assert sorted(ds.get_table("sf_out").get_data()["id"]) == list(range(40))
 
 
-def test_run_result_has_failing_keys_and_traceback_from_workers(ray_local, dbconn):
+@WRITES
+def test_run_result_has_failing_keys_and_traceback_from_workers(ray_local, dbconn, writes):
     ds = DataStore(dbconn, create_meta_table=True)
     side = rp.build(ds, dbconn, "rr")
     df = words(range(20))
     df.loc[df["id"] == 9, "a"] = "bad"  # batch 8..11 fails inside a Ray task
     ds.get_table("rr_inp").store_chunk(df)
-    result = run_steps(ds, side["steps"], executor=RayExecutor())
+    result = run_steps(ds, side["steps"], executor=RayExecutor(writes=writes))
     step = result[side["steps"][0].name]
     assert not result.ok and (step.failed_batches, step.failed_keys) == (1, 4)
     error = step.errors[0]
     assert error.message == "ValueError: bad value in batch"
     assert sorted(error.keys["id"]) == [8, 9, 10, 11]
     assert "in exclaim" in error.user_traceback and "ray_pipelines.py" in error.user_traceback
+    recorded = side["steps"][0].meta.get_metadata()
+    text = recorded.loc[recorded["id"] == 9, "error"].iloc[0]
+    assert text.startswith("ValueError: bad value in batch") and "in exclaim" in text  # traceback from the worker
+
+
+def test_writes_auto_means_driver_on_sqlite_only(dbconn):
+    ds = DataStore(dbconn, create_meta_table=True)
+    step = rp.build(ds, dbconn, "au")["steps"][0]
+    assert RayExecutor().driver_writes(ds, step.batch_processor) is dbconn.is_sqlite
+    assert RayExecutor(writes="driver").driver_writes(ds, step.batch_processor)
+    assert not RayExecutor(writes="workers").driver_writes(ds, step.batch_processor)
+    assert not RayExecutor(writes="driver").driver_writes(ds, step.process_batch)  # a plain function: tasks write
+    assert not RayExecutor(writes="driver").driver_writes(ds, BatchProcessor(step.prepare_batch))  # no halves
+    with pytest.raises(ValueError, match="writes='sometimes'"):
+        RayExecutor(writes="sometimes")
+
+
+@WRITES
+def test_who_writes(ray_local, dbconn, writes):
+    """With writes="driver" every output and metadata write of the run goes through the driver's connection;
+    with writes="workers" none does (the tasks write)."""
+    ds = DataStore(dbconn, create_meta_table=True)
+    side = rp.build(ds, dbconn, f"ww{writes[0]}")
+    ds.get_table(side["tables"]["inp"]).store_chunk(words(range(12)))
+    out_table = side["tables"]["out"]
+    writes_seen: List[str] = []
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        if out_table in statement and statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            writes_seen.append(statement)
+
+    event.listen(dbconn.con, "before_cursor_execute", watch)
+    try:
+        run_steps(ds, side["steps"][:1], executor=RayExecutor(writes=writes))
+    finally:
+        event.remove(dbconn.con, "before_cursor_execute", watch)
+    assert sorted(ds.get_table(out_table).get_data()["id"]) == list(range(12))
+    if writes == "driver":
+        assert len(writes_seen) >= 3  # three batches of 4, each committed by the driver
+    else:
+        assert writes_seen == []
+
+
+def test_unpicklable_error_is_recorded_with_its_keys(ray_local, dbconn):
+    """A batch failing with an exception that cannot be pickled, computed on a worker and committed by the
+    driver: recorded failed with its keys and text, the traceback of the worker kept, the other batches done."""
+    ds = DataStore(dbconn, create_meta_table=True)
+    side = rp.build(ds, dbconn, "up", first=rp.exclaim_or_lock)
+    df = words(range(8))
+    df.loc[df["id"] == 5, "a"] = "locked"  # batch 4..7
+    ds.get_table("up_inp").store_chunk(df)
+    result = run_steps(ds, side["steps"][:1], executor=RayExecutor(writes="driver"))
+    step = side["steps"][0]
+    assert step.meta.get_counts() == {"processed": 8, "failed": 4}
+    failure = result[step.name].errors[0]
+    assert failure.message == "RuntimeError: UnpicklableError: locked value in batch"
+    assert sorted(failure.keys["id"]) == [4, 5, 6, 7]
+    assert "in exclaim_or_lock" in failure.user_traceback
+    recorded = step.meta.get_metadata().set_index("id")["error"]
+    assert recorded[5].startswith("UnpicklableError: locked value in batch") and "exclaim_or_lock" in recorded[5]
+    assert sorted(ds.get_table("up_out").get_data()["id"]) == [0, 1, 2, 3]
 
 
 def test_keys_read_in_pages(ray_local, dbconn):

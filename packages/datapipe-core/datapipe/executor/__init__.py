@@ -13,6 +13,12 @@ so the database's work overlaps the client's. At most one write is in flight; ba
 reported and (on failure) recorded in order. This is safe because each batch's snapshot is taken
 before it reads: if batch k+1 reads before batch k commits, what k wrote is not visible in k+1's
 snapshot and is picked up by the next run (``datapipe.meta.versions``).
+
+A ``BatchProcessor`` may split *prepare* once more, for executors that prepare in another process:
+``compute`` (snapshot, read, call the function; writes nothing, returns a picklable outcome that
+carries any error) and ``resume`` (turn that outcome into the ``PreparedBatch`` in the process
+that writes, recording a failure there). ``RayExecutor`` uses this on SQLite: tasks compute, the
+driver writes, so one process writes.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple
 
 from datapipe.run_callback import StepLike
 from datapipe.run_config import RunConfig
@@ -50,6 +56,8 @@ class PreparedBatch(ABC):
 
 
 PrepareFn = Callable[["DataStore", IndexDF, Optional[RunConfig]], PreparedBatch]
+ComputeFn = Callable[["DataStore", IndexDF, Optional[RunConfig]], Any]
+ResumeFn = Callable[["DataStore", Any, Optional[RunConfig]], PreparedBatch]
 
 
 def write_prepared(prepared: PreparedBatch) -> Optional[Exception]:
@@ -65,11 +73,23 @@ class BatchProcessor:
     """A ``ProcessFn`` that also exposes a batch's two halves (see the module docstring).
 
     Calling it processes one batch (prepare, then write, in this thread); executors that know it
-    may call ``prepare`` and run the writes themselves. Picklable when ``prepare`` is.
+    may call ``prepare`` and run the writes themselves. ``compute`` and ``resume``, when given, are
+    ``prepare`` in two halves, ``prepare(ds, idx, rc) == resume(ds, compute(ds, idx, rc), rc)``:
+    ``compute`` writes nothing and returns a picklable outcome, ``resume`` runs where the batch is
+    written (see the module docstring). Picklable when its functions are.
     """
 
-    def __init__(self, prepare: PrepareFn) -> None:
+    def __init__(self, prepare: PrepareFn, compute: Optional[ComputeFn] = None,
+                 resume: Optional[ResumeFn] = None) -> None:
         self.prepare = prepare
+        self.compute = compute
+        self.resume = resume
+
+    def split(self) -> Optional[Tuple[ComputeFn, ResumeFn]]:
+        """``(compute, resume)`` when this processor has them, else None."""
+        if self.compute is None or self.resume is None:
+            return None
+        return self.compute, self.resume
 
     def __call__(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
         prepared = self.prepare(ds, idx, run_config)

@@ -11,10 +11,19 @@ up. The step and the ``DataStore`` are shipped once per step run (one object in 
 store, so the step's tables and the store share one ``DBConn`` and keep the one-transaction
 durability) and unpickled once per worker process.
 
-A failing batch is recorded in the metadata by the worker (as in the single-thread path) and
-reported to the run callback on the driver; progress is reported on the driver as tasks finish.
-If a task raises (``fail_fast``, or the metadata store is unusable), the tasks still in flight
-are cancelled and the error is re-raised on the driver.
+Who writes (``writes=``): with ``"workers"`` each task processes its batch completely, writes
+included, as in the single-thread path. With ``"driver"`` (for a ``BatchProcessor`` with the
+``compute`` / ``resume`` halves, as every batch step's is) a task only snapshots, reads and
+computes (``compute``) and returns the outcome; the driver writes outcomes (outputs, step metadata,
+or the failure with its keys) as tasks finish, while the workers compute the next batches. One
+process writes, so writers never queue on SQLite's database lock. ``"auto"`` (the default) picks
+``"driver"`` when the step's metadata database is SQLite and ``"workers"`` otherwise (PostgreSQL
+takes concurrent writers; see ``benchmarks/README.md`` for the measurements).
+
+A failing batch is recorded in the metadata (by the worker, or by the driver) exactly as in the
+single-thread path and reported to the run callback on the driver; progress is reported on the
+driver as batches finish. If a task or a driver-side write raises (``fail_fast``, or the metadata store is
+unusable), the tasks still in flight are cancelled and the error is re-raised on the driver.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 import cloudpickle
 
-from datapipe.executor import Executor, ExecutorConfig, ProcessFn, batch_stats
+from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, ProcessFn, batch_stats, write_prepared
 from datapipe.run_callback import RunCallback, StepLike
 from datapipe.run_config import RunConfig
 from datapipe.types import ChangeList, IndexDF
@@ -47,6 +56,7 @@ _PAYLOADS: OrderedDict[str, Tuple[Any, Any]] = OrderedDict()
 _MAX_CACHED = 4
 # Tasks in flight when ExecutorConfig.parallelism is None.
 DEFAULT_PARALLELISM = 100
+WRITES = ("auto", "driver", "workers")
 
 
 class _ErrorCollector(RunCallback):
@@ -96,17 +106,35 @@ def _run_batch(
     return changes, batch_stats(changes), collector.errors
 
 
+def _compute_batch(token: str, ref: List[Any], idx: IndexDF, run_config: RunConfig) -> Any:
+    """The Ray task when the driver writes: read and compute one batch, return the outcome to write."""
+    ds, process_fn = _payload(token, ref)
+    return process_fn.compute(ds, idx, run_config)
+
+
 class RayExecutor(Executor):
     """Runs batches as Ray tasks on a local Ray (started on first use) or a cluster.
 
     ``address``: a Ray address (``"auto"``, ``"ray://host:10001"``); default ``RAY_ADDRESS`` or a new
     local Ray. ``init_kwargs`` are passed to ``ray.init`` (e.g. ``num_cpus``). When Ray is already
-    initialised in this process it is used as is.
+    initialised in this process it is used as is. ``writes``: ``"workers"``, ``"driver"`` or
+    ``"auto"`` (driver on SQLite metadata), see the module docstring.
     """
 
-    def __init__(self, address: Optional[str] = None, init_kwargs: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(
+        self, address: Optional[str] = None, init_kwargs: Optional[Dict[str, Any]] = None, writes: str = "auto"
+    ) -> None:
+        if writes not in WRITES:
+            raise ValueError(f"RayExecutor(writes={writes!r}): use one of {', '.join(WRITES)}")
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.init_kwargs = dict(init_kwargs or {})
+        self.writes = writes
+
+    def driver_writes(self, ds: DataStore, process_fn: ProcessFn) -> bool:
+        """Whether this run's tasks only compute and the driver writes (see the module docstring)."""
+        if not isinstance(process_fn, BatchProcessor) or process_fn.split() is None or self.writes == "workers":
+            return False
+        return self.writes == "driver" or bool(ds.meta_dbconn.is_sqlite)
 
     def _ensure_ray(self) -> None:
         if ray.is_initialized():
@@ -147,7 +175,9 @@ class RayExecutor(Executor):
         worker_rc = RunConfig(filters=run_config.filters, labels=run_config.labels, fail_fast=run_config.fail_fast)
         token = uuid.uuid4().hex
         ref = [ray.put((ds, process_fn))]  # wrapped in a list so Ray passes the reference, not the value
-        task = ray.remote(_run_batch).options(**self.task_options(config))
+        split = process_fn.split() if isinstance(process_fn, BatchProcessor) else None
+        resume = split[1] if split is not None and self.driver_writes(ds, process_fn) else None
+        task = ray.remote(_run_batch if resume is None else _compute_batch).options(**self.task_options(config))
 
         changes = ChangeList()
         in_flight: Dict[Any, int] = {}
@@ -159,7 +189,12 @@ class RayExecutor(Executor):
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 rows = in_flight.pop(ready[0])
                 try:
-                    batch, stats, errors = ray.get(ready[0])
+                    if resume is not None:  # write here, while the workers compute the next batches
+                        prepared = resume(ds, ray.get(ready[0]), run_config)
+                        batch = prepared.finish(write_prepared(prepared))
+                        stats, errors = batch_stats(batch), []
+                    else:
+                        batch, stats, errors = ray.get(ready[0])
                 except ray.exceptions.RayTaskError as e:
                     self._cancel(in_flight)
                     cause = getattr(e, "cause", None)

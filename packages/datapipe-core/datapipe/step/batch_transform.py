@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import pickle
 import time
 import traceback
 from dataclasses import dataclass
@@ -210,6 +211,46 @@ class ChangeCounts(ChangeList):
     def extend(self, other: ChangeList) -> None:
         self.total += other.key_count()
         self.deleted_count += other.deleted_count
+
+
+@dataclass
+class BatchOutcome:
+    """What ``read_and_compute`` produced for one batch: the (filtered) keys and, unless the batch failed,
+    one frame per output and the version snapshot taken before reading (no frames: nothing to do).
+
+    A failure carries the exception with the batch's keys and traceback attached (``attach_failure``)
+    and the text to record (``error_with_traceback``), both made where it was raised, so the outcome
+    can be written in another process. It pickles even when the exception does not (the exception is
+    then replaced by a ``RuntimeError`` with its text and the attached keys and traceback).
+    """
+
+    idx: IndexDF
+    frames: Optional[List[pd.DataFrame]] = None
+    snapshot: Optional[Snapshot] = None
+    error: Optional[Exception] = None
+    error_text: Optional[str] = None
+
+    @classmethod
+    def failed(cls, idx: IndexDF, error: Exception) -> BatchOutcome:
+        attach_failure(error, idx)
+        return cls(idx, error=error, error_text=error_with_traceback(f"{type(error).__name__}: {error}", error))
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        error = self.error
+        if error is not None:
+            try:
+                pickle.dumps(error)
+            except Exception:  # noqa: BLE001 - keep the text and the attachments of an unpicklable error
+                stand_in = RuntimeError(f"{type(error).__name__}: {error}")
+                for attr in ("datapipe_keys", "datapipe_key_count", "datapipe_traceback"):
+                    if hasattr(error, attr):
+                        setattr(stand_in, attr, getattr(error, attr))
+                state["error"] = stand_in
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
 
 class StepMeta(TransformMeta):
@@ -418,7 +459,7 @@ class BaseBatchTransformStep(ComputeStep):
         run.start(count)
         executor = executor or SingleThreadExecutor()
         config = self.executor_config
-        process = BatchProcessor(self.prepare_batch if keep_changes else self.prepare_batch_counts)
+        process = self.processor(keep_changes)
         return executor.run_process_batch(self, ds, count, batches, process, run_config, config)
 
     def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
@@ -464,6 +505,20 @@ class BaseBatchTransformStep(ComputeStep):
 
     # ------------------------------------------------------------------ one batch
 
+    @property
+    def batch_processor(self) -> BatchProcessor:
+        """The step's batches for an executor: ``prepare_batch`` and its halves ``read_and_compute`` and
+        ``resume_batch`` (see ``datapipe.executor``); without the halves when a subclass overrides ``prepare_batch``."""
+        return self.processor(keep_changes=True)
+
+    def processor(self, keep_changes: bool) -> BatchProcessor:
+        """``batch_processor``; with ``keep_changes=False`` (full runs) each batch reports counts only."""
+        prepare = self.prepare_batch if keep_changes else self.prepare_batch_counts
+        if type(self).prepare_batch is not BaseBatchTransformStep.prepare_batch:
+            return BatchProcessor(prepare)
+        resume = self.resume_batch if keep_changes else self.resume_batch_counts
+        return BatchProcessor(prepare, self.read_and_compute, resume)
+
     def process_batch(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> ChangeList:
         """Process one batch of keys; record a failure instead of raising (unless fail_fast)."""
         return BatchProcessor(self.prepare_batch)(ds, idx, run_config)
@@ -473,16 +528,19 @@ class BaseBatchTransformStep(ComputeStep):
 
         A failure here is recorded at once (raised under fail_fast); the batch then writes nothing.
         """
+        return self.resume_batch(ds, self.read_and_compute(ds, idx, run_config), run_config)
+
+    def read_and_compute(self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None) -> BatchOutcome:
+        """Snapshot, read and call the function, writing nothing; an error is returned in the outcome, not raised."""
         run_config = run_config or RunConfig()
         try:
             snapshot = take_snapshot(ds.meta_dbconn)  # before reading: later input changes stay unseen
             idx = self.filtered_idx(idx, run_config)
             if len(idx) == 0:
-                return _Finished(ChangeList())
-            frames = self.compute_batch(ds, idx, run_config)
-            return _BatchWrite(self, ds, idx, frames, snapshot, run_config)
+                return BatchOutcome(idx)
+            return BatchOutcome(idx, self.compute_batch(ds, idx, run_config), snapshot)
         except Exception as e:  # noqa: BLE001 - any error in user code fails only this batch
-            return _Finished(self._record_failure(idx, e, run_config))
+            return BatchOutcome.failed(idx, e)
 
     def prepare_batch_counts(
         self, ds: DataStore, idx: IndexDF, run_config: Optional[RunConfig] = None
@@ -491,11 +549,33 @@ class BaseBatchTransformStep(ComputeStep):
         which (``ChangeCounts``)."""
         return _Counted(self.prepare_batch(ds, idx, run_config))
 
-    def _record_failure(self, idx: IndexDF, error: Exception, run_config: RunConfig) -> ChangeList:
+    def resume_batch_counts(
+        self, ds: DataStore, outcome: BatchOutcome, run_config: Optional[RunConfig] = None
+    ) -> PreparedBatch:
+        """``resume_batch`` for a full run (see ``prepare_batch_counts``)."""
+        return _Counted(self.resume_batch(ds, outcome, run_config))
+
+    def resume_batch(self, ds: DataStore, outcome: BatchOutcome, run_config: Optional[RunConfig] = None
+                     ) -> PreparedBatch:
+        """A ``read_and_compute`` outcome as the batch to write; a failed one is recorded at once (raised under
+        fail_fast) and writes nothing."""
+        run_config = run_config or RunConfig()
+        if outcome.error is not None:
+            return _Finished(self._record_failure(outcome.idx, outcome.error, run_config, outcome.error_text))
+        if outcome.frames is None:
+            return _Finished(ChangeList())
+        assert outcome.snapshot is not None
+        return _BatchWrite(self, ds, outcome.idx, outcome.frames, outcome.snapshot, run_config)
+
+    def _record_failure(
+        self, idx: IndexDF, error: Exception, run_config: RunConfig, error_text: Optional[str] = None
+    ) -> ChangeList:
         text = f"{type(error).__name__}: {error}"
         logger.error("step %s: batch of %d keys failed: %s", self.name, len(idx), text)
-        attach_failure(error, idx)
-        self.meta.mark_failed(idx, time.time(), error_with_traceback(text, error))
+        if error_text is None:  # else read_and_compute attached the keys and traceback where it was raised
+            attach_failure(error, idx)
+            error_text = error_with_traceback(text, error)
+        self.meta.mark_failed(idx, time.time(), error_text)
         if run_config.fail_fast:
             raise error  # the step's lifecycle reports it, once
         if run_config.callback is not None:
