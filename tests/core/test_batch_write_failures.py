@@ -1,16 +1,14 @@
-"""Write-behind (``datapipe.executor``): batch k is written on a writer thread while batch k+1 is
-prepared. Outputs, metadata, failures and progress must be exactly those of strict turns."""
+"""A batch whose *write* fails (a result the output table refuses) is recorded with its keys, in
+order with the other batches' progress; ``fail_fast`` stops after it (``datapipe.executor``'s halves)."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any, List
 
 import pandas as pd
 import pytest
 from sqlalchemy import Column, Integer, String
 
-from datapipe import datatable
 from datapipe.compute import Pipeline, build_compute, run_steps
 from datapipe.datatable import DataStore
 from datapipe.executor import SingleThreadExecutor
@@ -59,34 +57,16 @@ def _state(ds: DataStore, steps: Any) -> Any:
     return out, meta[["id", "is_success"]].reset_index(drop=True), meta.set_index("id")["error"].notna().to_dict()
 
 
-@pytest.mark.parametrize("write_behind", [True, False])
-def test_a_failing_write_is_recorded_with_its_keys_and_progress_stays_in_order(ds, make_catalog, write_behind):
+def test_a_failing_write_is_recorded_with_its_keys_and_progress_stays_in_order(ds, make_catalog):
     steps = _pipeline(ds, make_catalog)
     cb = Recorder()
-    run_steps(ds, steps, RunConfig(callback=cb), executor=SingleThreadExecutor(write_behind=write_behind))
+    run_steps(ds, steps, RunConfig(callback=cb), executor=SingleThreadExecutor())
     out, meta, has_error = _state(ds, steps)
     assert_datatable_equal(ds.get_table("out"), rows([0, 1, 2, 3, 6, 7, 8, 9]).assign(a=lambda d: d["a"] + "!"))
     assert meta.set_index("id")["is_success"].to_dict() == {i: i not in (4, 5) for i in range(10)}
     assert {k for k, v in has_error.items() if v} == {4, 5}
     assert cb.progress == [(i, 5, 2) for i in range(1, 6)]
     assert len(cb.errors) == 1 and "duplicate primary keys" in cb.errors[0]
-
-
-def test_write_behind_gives_the_same_tables_and_metadata_as_strict_turns(dbconn, make_catalog):
-    results = []
-    for write_behind in (True, False):
-        ds = DataStore(dbconn, create_meta_table=True)
-        prefix = "wb" if write_behind else "st"
-        catalog = make_catalog(**{f"{prefix}_inp": cols("id"), f"{prefix}_out": cols("id")})
-        step = BatchTransform(shaper, [f"{prefix}_inp"], [f"{prefix}_out"], chunk_size=3, name=f"{prefix}_s")
-        steps = build_compute(ds, catalog, Pipeline([step]))
-        ds.get_table(f"{prefix}_inp").store_chunk(rows(range(20)))
-        run_steps(ds, steps, executor=SingleThreadExecutor(write_behind=write_behind))
-        meta = steps[0].meta.get_metadata().sort_values("id")[["id", "is_success"]].reset_index(drop=True)
-        out = ds.get_table(f"{prefix}_out").get_data().sort_values("id").reset_index(drop=True)
-        results.append((out, meta))
-    pd.testing.assert_frame_equal(results[0][0], results[1][0])
-    pd.testing.assert_frame_equal(results[0][1], results[1][1])
 
 
 def test_fail_fast_in_a_write_stops_after_that_batch(ds, make_catalog):
@@ -110,25 +90,3 @@ def test_fail_fast_in_the_function_still_lands_the_write_before_it(ds, make_cata
     out, meta, _ = _state(ds, steps)
     assert sorted(out["id"]) == [0, 1, 2, 3]
     assert meta.set_index("id")["is_success"].to_dict() == {0: True, 1: True, 2: True, 3: True, 4: False, 5: False}
-
-
-def test_the_next_batch_is_prepared_while_a_write_is_in_flight(ds, make_catalog, monkeypatch):
-    """Batch 1's write waits (in the writer thread, before its commit) until batch 2's function has run."""
-    second_called = threading.Event()
-    overlapped = []
-
-    def hook(point: str, table: Any) -> None:
-        if point == "after_data_write" and table.name == "out" and not overlapped:
-            overlapped.append(second_called.wait(timeout=30))
-
-    def func(df: pd.DataFrame) -> pd.DataFrame:
-        if 2 in set(df["id"]):
-            second_called.set()
-        return df.assign(a=df["a"] + "!")
-
-    steps = _pipeline(ds, make_catalog, func)
-    monkeypatch.setattr(datatable, "fault_hook", hook)
-    run_steps(ds, steps)
-    assert overlapped == [True]
-    assert_datatable_equal(ds.get_table("out"), rows(range(10)).assign(a=lambda d: d["a"] + "!"))
-    assert steps[0].get_status(ds).changed_idx_count == 0
