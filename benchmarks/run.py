@@ -29,11 +29,13 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PHASES = ["load", "first_run", "noop_rerun", "rerun_1pct_changed", "rerun_1pct_deleted"]
 CROSS_PHASES = ["cross_first_run", "cross_rerun_1pct_side"]
+O2M_PHASES = ["o2m_first_run", "o2m_rerun_1pct_items", "o2m_rerun_1pct_anns"]  # benchmarks/joins.py
 TARGETS = {  # phase -> (kind, limit): ratio to the floor, or absolute seconds
     "first_run": ("ratio", 5.0),
     "rerun_1pct_changed": ("ratio", 5.0),
     "rerun_1pct_deleted": ("ratio", 5.0),
     "noop_rerun": ("seconds", 0.1),
+    **{phase: ("ratio", 5.0) for phase in [*CROSS_PHASES, *O2M_PHASES]},  # joins (issue 12)
 }
 RSS_LIMIT_MIB = 1024.0
 
@@ -41,8 +43,9 @@ RSS_LIMIT_MIB = 1024.0
 def worker(name: str, *args: Any) -> Dict[str, float]:
     """Run ``workloads.<name>(*args)`` in a fresh interpreter; return its result dict."""
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import workloads; "
-        "print('RESULT ' + json.dumps(workloads.WORKERS[sys.argv[2]](*json.loads(sys.argv[3]))))"
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import workloads, joins; "
+        "w = {**workloads.WORKERS, **joins.WORKERS}; "
+        "print('RESULT ' + json.dumps(w[sys.argv[2]](*json.loads(sys.argv[3]))))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(HERE), name, json.dumps(list(args))], capture_output=True, text=True
@@ -108,6 +111,13 @@ def measure_cross(dbs: Databases, kind: str, side: int, chunk: int) -> Dict[str,
             "floor": {k: floor[k] for k in CROSS_PHASES}}
 
 
+def measure_one_to_many(dbs: Databases, kind: str, n: int, chunk: int) -> Dict[str, Any]:
+    print(f"[{kind}] one-to-many join {n} items x {10 * n} annotations ...", flush=True)
+    dp = worker("dp_one_to_many", dbs.fresh(kind), n, chunk)
+    floor = worker("raw_one_to_many_floor", dbs.fresh(kind), n)
+    return {"db": kind, "n": n, "join": "one_to_many", "chunk_size": chunk, "datapipe": dp, "floor": floor}
+
+
 def verdict(phase: str, seconds: float, floor: Optional[float]) -> str:
     if phase not in TARGETS:
         return ""
@@ -123,7 +133,7 @@ def table(results: List[Dict[str, Any]]) -> str:
     head = f"{'db':8} {'N':>9} {'phase':24} {'datapipe s':>11} {'floor s':>9} {'ratio':>7}  target"
     lines = [head, "-" * len(head)]
     for r in results:
-        phases = CROSS_PHASES if "side" in r else PHASES
+        phases = O2M_PHASES if "join" in r else CROSS_PHASES if "side" in r else PHASES
         for phase in phases:
             t = r["datapipe"][phase]
             f = r["floor"].get(phase)
@@ -135,7 +145,8 @@ def table(results: List[Dict[str, Any]]) -> str:
             ok = "ok" if rss <= RSS_LIMIT_MIB else f"MISS (>{RSS_LIMIT_MIB:g} MiB)"
             lines.append(f"{r['db']:8} {r['n']:>9} {'peak RSS (first run)':24} {rss:8.0f} MiB {'':17}  {ok}")
     for kind in sorted({r["db"] for r in results}):
-        noops = sorted((r["n"], r["datapipe"]["noop_rerun"]) for r in results if r["db"] == kind and "side" not in r)
+        noops = sorted((r["n"], r["datapipe"]["noop_rerun"]) for r in results if r["db"] == kind and "side" not in r
+                       and "join" not in r)
         if len(noops) >= 2:
             (n0, t0), (n1, t1) = noops[0], noops[-1]
             ok = "ok" if t1 <= 2 * max(t0, 1e-3) else "MISS (>2x)"
@@ -149,7 +160,7 @@ def chart(results: List[Dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in results if "side" not in r]
+    runs = [r for r in results if "side" not in r and "join" not in r]
     fig, axes = plt.subplots(1, len(PHASES), figsize=(4 * len(PHASES), 3.6))
     for ax, phase in zip(axes, PHASES):
         for kind, color in (("sqlite", "tab:blue"), ("postgres", "tab:orange")):
@@ -177,6 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     p.add_argument("--chunk-size", type=int, default=1000)
     p.add_argument("--cross", type=int, default=1000, help="side of the cross-join benchmark; 0 skips it")
+    p.add_argument("--one-to-many", type=int, default=100_000,
+                   help="items in the one-to-many join benchmark (10 annotations each); 0 skips it")
     p.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG results")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -192,6 +205,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 results.append(measure(dbs, kind, n, args.chunk_size))
             if args.cross:
                 results.append(measure_cross(dbs, kind, args.cross, args.chunk_size))
+            if args.one_to_many:
+                results.append(measure_one_to_many(dbs, kind, args.one_to_many, args.chunk_size))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
