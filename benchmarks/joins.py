@@ -31,7 +31,6 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 from sqlalchemy import Column, Integer
-
 from workloads import CHANGE_FRACTION, RERUN_REPEATS, Raw, _median, timed
 
 ANNS_PER_ITEM = 10

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import pandas as pd
-from sqlalchemy import Column, Integer
+from sqlalchemy import Column, Integer, and_, select
 
 from datapipe import keyset
 from datapipe.compute import (
@@ -40,7 +40,7 @@ from datapipe.compute import (
     resolve_outputs,
     step_name,
 )
-from datapipe.datatable import DataStore, TableWrite
+from datapipe.datatable import DataStore, DataTable, TableWrite
 from datapipe.errors import ConfigError
 from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, PreparedBatch, SingleThreadExecutor
 from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
@@ -49,7 +49,9 @@ from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig, filter_rows
 from datapipe.run_result import attach_failure
+from datapipe.sql.rows import fetch_rows, key_chunks, key_filter, rows_to_df
 from datapipe.sql.schema import BASIC, python_type
+from datapipe.store.database import TableStoreDB
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
 
 logger = logging.getLogger("datapipe.step.batch_transform")
@@ -528,14 +530,44 @@ class BaseBatchTransformStep(ComputeStep):
         return idx
 
     def read_input(self, n: int, idx: pd.DataFrame) -> pd.DataFrame:
-        """Rows of input ``n`` for the transform keys in ``idx``."""
+        """Rows of input ``n`` for the transform keys in ``idx``.
+
+        When the transform keys give only some of the input's key columns (``annotations(item_id,
+        ann_id)`` under transform key ``item_id``), the rows are those of the input's live keys
+        matching them: one joined query when the store is an SQL table in the metadata database,
+        else the live keys from the metadata first and then the store's rows for them.
+        """
         ci = self.input_dts[n]
         if not self.input_columns[n]:
             return ci.dt.get_data()
         keys = self._input_idx(n, idx)
         if not set(ci.dt.primary_keys) <= set(keys.columns):
+            joined = read_live_rows(ci.dt, keys)
+            if joined is not None:
+                return joined
             keys = ci.dt.meta.get_existing_idx(keys)
         return ci.dt.get_data(IndexDF(keyset.select(keys, ci.dt.primary_keys)))
+
+
+def read_live_rows(dt: DataTable, keys: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """Rows of ``dt`` whose live metadata matches ``keys`` (some key or ``MetaKey`` columns), in one
+    query joining the store's table to its metadata table; None when the store is not an SQL table in
+    the metadata database (then the caller looks the keys up in the metadata first)."""
+    store = dt.table_store
+    if not isinstance(store, TableStoreDB) or not store.in_database(dt.meta.dbconn):
+        return None
+    d, m = store.data_table, dt.meta.sql_table
+    sql = (
+        select(*[d.c[c] for c in store.columns])
+        .select_from(d.join(m, and_(*[d.c[k] == m.c[k] for k in dt.primary_keys])))
+        .where(m.c.delete_ts.is_(None))
+    )
+    rows: List[Any] = []
+    if len(keys):
+        with dt.meta.dbconn.read() as con:
+            for chunk in key_chunks(keys):
+                rows.extend(fetch_rows(con, sql.where(key_filter(m, chunk))))
+    return rows_to_df(rows, store.columns)
 
 
 class BatchTransformStep(BaseBatchTransformStep):
