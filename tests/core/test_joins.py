@@ -147,3 +147,48 @@ def test_string_columns_pass_through_the_joined_read(dbconn):
         pd.DataFrame({"doc": ["a", "b", "it's"], "text": ["hello world", "x", "q"]}),
         ["doc"],
     )
+
+
+def test_cross_join_indexes_processed_keys_by_the_non_leading_side(dbconn):
+    """A change to an image re-queues every processed pair of that image, also pairs whose model is gone
+    (the function may still produce rows for them); the lookup goes through an index on ``image_id``."""
+    ds = DataStore(dbconn, create_meta_table=True)
+
+    def table(name: str, *keys: str, data: str) -> Table:
+        cols = [Column(k, Integer, primary_key=True) for k in keys] + [Column(data, String)]
+        return Table(TableStoreDB(dbconn, name, cols, create_table=True))
+
+    catalog = Catalog(
+        {"models": table("models", "model_id", data="w"), "images": table("images", "image_id", data="px"),
+         "preds": table("preds", "model_id", "image_id", data="p")}
+    )
+
+    def predict(models: pd.DataFrame, images: pd.DataFrame, idx: pd.DataFrame) -> pd.DataFrame:
+        res = idx.merge(images, on="image_id").merge(models, on="model_id", how="left")
+        return res.assign(p=res["px"] + ":" + res["w"].fillna("-"))[["model_id", "image_id", "p"]]
+
+    pipeline = Pipeline([BatchTransform(predict, ["models", "images"], ["preds"], name="predict")])
+    steps = build_compute(ds, catalog, pipeline)
+    build_compute(ds, catalog, pipeline)  # declaring the step again finds the index in place
+    from sqlalchemy import inspect
+
+    with dbconn.read() as con:
+        indexed = [ix["column_names"] for ix in inspect(con).get_indexes("predict_meta", schema=dbconn.schema)]
+    assert ["image_id"] in indexed and ["model_id"] not in indexed  # model_id leads the primary key
+    assert steps[0].changes.previous_lookups() == [["image_id"]]
+
+    models, images, preds = ds.get_table("models"), ds.get_table("images"), ds.get_table("preds")
+    models.store_chunk(pd.DataFrame({"model_id": [1, 2], "w": ["a", "b"]}))
+    images.store_chunk(pd.DataFrame({"image_id": [10, 20], "px": ["x", "y"]}))
+    run_steps(ds, steps)
+    models.delete_by_idx(pd.DataFrame({"model_id": [2]}))
+    run_steps(ds, steps)
+    want = {(1, 10): "x:a", (1, 20): "y:a", (2, 10): "x:-", (2, 20): "y:-"}
+    assert dict(zip(zip(preds.get_data()["model_id"], preds.get_data()["image_id"]), preds.get_data()["p"])) == want
+
+    images.store_chunk(pd.DataFrame({"image_id": [10], "px": ["X"]}))
+    assert steps[0].meta.get_changed_idx_count(ds) == 2  # (1, 10) and the processed (2, 10)
+    run_steps(ds, steps)
+    want.update({(1, 10): "X:a", (2, 10): "X:-"})
+    got = preds.get_data()
+    assert dict(zip(zip(got["model_id"], got["image_id"]), got["p"])) == want

@@ -93,6 +93,19 @@ class ChangeQuery:
             )
         return sources
 
+    def previous_lookups(self) -> List[List[str]]:
+        """Transform-key columns by which the change query looks up the step's processed keys and that
+        are no prefix of the step table's primary key: each wants an index (``StepMeta.ensure_indexes``),
+        else every such lookup scans the step's whole metadata table."""
+        if self.global_batch:
+            return []
+        result: List[List[str]] = []
+        for inp in self.inputs:
+            cols = [k for k in self.keys if k in inp.columns]
+            if len(cols) < len(self.keys) and cols != self.keys[: len(cols)] and cols not in result:
+                result.append(cols)
+        return result
+
     def _live_keys(self, inp: InputKeys, alias: str) -> Any:
         m = inp.meta.sql_table.alias(alias)
         cols = [m.c[col].label(tk) for tk, col in inp.columns.items()]

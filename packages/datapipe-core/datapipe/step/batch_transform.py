@@ -16,6 +16,7 @@ A failing batch is recorded (``is_success=False`` with the error text) and retri
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import math
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import pandas as pd
-from sqlalchemy import Column, Integer, and_, select
+from sqlalchemy import Column, Index, Integer, and_, select
+from sqlalchemy import inspect as inspect_db
+from sqlalchemy.exc import DBAPIError
 
 from datapipe import keyset
 from datapipe.compute import (
@@ -41,7 +44,7 @@ from datapipe.compute import (
     step_name,
 )
 from datapipe.datatable import DataStore, DataTable, TableWrite
-from datapipe.errors import ConfigError
+from datapipe.errors import ConfigError, StoreError
 from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, PreparedBatch, SingleThreadExecutor
 from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.planner_stats import refresh_stale_statistics
@@ -49,6 +52,7 @@ from datapipe.meta.sql_meta import TransformMeta
 from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig, filter_rows
 from datapipe.run_result import attach_failure
+from datapipe.sql.connection import table_creation_allowed
 from datapipe.sql.rows import fetch_rows, key_chunks, key_filter, rows_to_df
 from datapipe.sql.schema import BASIC, python_type
 from datapipe.store.database import TableStoreDB
@@ -200,6 +204,26 @@ class StepMeta(TransformMeta):
     def plan(self, changes: ChangeQuery, filters: Filters, order_by: Optional[List[str]], descending: bool) -> None:
         self.changes, self.filters, self.order_by, self.descending = changes, filters, order_by, descending
 
+    def ensure_indexes(self, column_sets: List[List[str]], create: bool) -> None:
+        """Declare (and with ``create``, create if missing) an index on each of ``column_sets``."""
+        table = self.sql_table
+        for cols in column_sets:
+            name = f"ix_{table.name}_{'_'.join(cols)}"
+            if len(name) > 60:  # PostgreSQL truncates identifiers at 63 bytes
+                name = f"ix_{str(table.name)[:40]}_{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+            if any(ix.name == name for ix in table.indexes):
+                continue
+            index = Index(name, *[table.c[c] for c in cols])
+            if create and table_creation_allowed():
+                try:
+                    with self.dbconn.begin() as con:
+                        index.create(con, checkfirst=True)
+                except (StoreError, DBAPIError):  # another runner created it at the same moment
+                    with self.dbconn.read() as con:
+                        existing = inspect_db(con).get_indexes(str(table.name), schema=table.schema)
+                    if name not in {ix["name"] for ix in existing}:
+                        raise
+
     def run_filters(self, run_config: Optional[RunConfig]) -> List[LabelDict]:
         """The step's filters combined with those of ``run_config`` (every pair merged)."""
         result = normalise_filters(self.filters)
@@ -290,6 +314,7 @@ class BaseBatchTransformStep(ComputeStep):
             ],
         )
         self.meta.plan(self.changes, filters, order_by, order == "desc")
+        self.meta.ensure_indexes(self.changes.previous_lookups(), ds.create_meta_table)
 
     @property
     def output_specs(self) -> List[ComputeOutput]:
