@@ -57,12 +57,19 @@ def annotations_frame(n: int) -> pd.DataFrame:
 
 
 def item_stats(items: pd.DataFrame, anns: pd.DataFrame) -> pd.DataFrame:
-    """The step's function: per item, how many annotations and their score sum plus the item's weight."""
-    agg = anns.groupby("item_id", as_index=False).agg(n_ann=("ann_id", "size"), total=("score", "sum"))
-    df = items.merge(agg, on="item_id", how="outer")
-    df["n_ann"] = df["n_ann"].fillna(0).astype("int64")
-    df["total"] = df["total"].fillna(0).astype("int64") + df["weight"].fillna(0).astype("int64")
-    return df[["item_id", "n_ann", "total"]]
+    """The step's function: per item, how many annotations and their score sum plus the item's weight
+    (vectorised, so that the benchmark measures Datapipe rather than pandas merges)."""
+    grp = anns.groupby("item_id", sort=False)["score"]
+    count, total = grp.size(), grp.sum()
+    weight = items.set_index("item_id")["weight"]
+    keys = weight.index.union(count.index)
+    return pd.DataFrame(
+        {
+            "item_id": keys.to_numpy(),
+            "n_ann": count.reindex(keys, fill_value=0).to_numpy(),
+            "total": (total.reindex(keys, fill_value=0) + weight.reindex(keys, fill_value=0)).to_numpy(),
+        }
+    )
 
 
 def expected_stats(items: pd.DataFrame, anns: pd.DataFrame) -> pd.DataFrame:
