@@ -6,7 +6,9 @@ for the watermarks. For each input ``i`` the query takes the input's changed met
 transform keys, and, when the input holds only some of the transform keys, expands them with
 the live keys of the inputs that hold the rest and with keys the step processed before (so
 deletions reach old outputs). Keys whose recorded snapshot already saw the change are dropped;
-keys whose last attempt failed are added.
+keys whose last attempt failed are added. Processed keys are looked up by the input's key columns:
+when those are no prefix of the step table's primary key, the step declares an index on them
+(``ChangeQuery.previous_lookups``), so a change to one side of a cross join reads only its pairs.
 
 A step declared with ``transform_keys=[]`` processes all its input rows as one batch (a many-to-one
 aggregate). Its only transform key is the constant ``GLOBAL_KEY`` (always 0): any changed input row
