@@ -43,6 +43,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 PHASES = ["load", "first_run", "noop_rerun", "rerun_1pct_changed", "rerun_1pct_deleted"]
 CROSS_PHASES = ["cross_first_run", "cross_rerun_1pct_side"]
+O2M_PHASES = ["o2m_first_run", "o2m_rerun_1pct_items", "o2m_rerun_1pct_anns"]  # benchmarks/joins.py
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ PHASE_TARGETS: Dict[str, Target] = {
     "ray_cpu": Target("speedup", 1.7, ref="single"),
     "ray_metadata": Target("speedup", 1 / 1.2, ref="single"),
     **{f"vs015_{p}": Target("speedup", 1.0, ref="0.15") for p in PHASES},
+    **{phase: Target("ratio", 5.0) for phase in O2M_PHASES},
 }
 TARGETS = {name: (t.kind, t.limit) for name, t in PHASE_TARGETS.items()}
 
@@ -112,8 +114,9 @@ class Row:
 def worker(name: str, *args: Any) -> Dict[str, float]:
     """Run ``workloads.<name>(*args)`` in a fresh interpreter; return its result dict."""
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import workloads; "
-        "print('RESULT ' + json.dumps(workloads.WORKERS[sys.argv[2]](*json.loads(sys.argv[3]))))"
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import workloads, joins; "
+        "w = {**workloads.WORKERS, **joins.WORKERS}; "
+        "print('RESULT ' + json.dumps(w[sys.argv[2]](*json.loads(sys.argv[3]))))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(HERE), name, json.dumps(list(args))], capture_output=True, text=True
@@ -179,17 +182,25 @@ def measure_cross(dbs: Databases, kind: str, side: int, chunk: int) -> Dict[str,
             "floor": {k: floor[k] for k in CROSS_PHASES}}
 
 
+def measure_one_to_many(dbs: Databases, kind: str, n: int, chunk: int) -> Dict[str, Any]:
+    print(f"[{kind}] one-to-many join {n} items x {10 * n} annotations ...", flush=True)
+    dp = worker("dp_one_to_many", dbs.fresh(kind), n, chunk)
+    floor = worker("raw_one_to_many_floor", dbs.fresh(kind), n)
+    return {"db": kind, "n": n, "join": "one_to_many", "chunk_size": chunk, "datapipe": dp, "floor": floor}
+
+
 def rows_of(results: List[Dict[str, Any]]) -> List[Row]:
     """The table rows of the floor-relative phases (``measure``, ``measure_cross``)."""
     rows: List[Row] = []
     for r in results:
-        phases = CROSS_PHASES if "side" in r else PHASES
+        phases = O2M_PHASES if "join" in r else CROSS_PHASES if "side" in r else PHASES
         for phase in phases:
             rows.append(Row(r["db"], str(r["n"]), phase, r["datapipe"][phase], r["floor"].get(phase)))
         if "peak_rss_mib" in r["datapipe"]:
             rows.append(Row(r["db"], str(r["n"]), "peak_rss_first_run", r["datapipe"]["peak_rss_mib"]))
     for kind in sorted({r["db"] for r in results}):
-        noops = sorted((r["n"], r["datapipe"]["noop_rerun"]) for r in results if r["db"] == kind and "side" not in r)
+        noops = sorted((r["n"], r["datapipe"]["noop_rerun"]) for r in results if r["db"] == kind and "side" not in r
+                       and "join" not in r)
         if len(noops) >= 2:
             (n0, t0), (n1, t1) = noops[0], noops[-1]
             rows.append(Row(kind, f"{n1}/{n0}", "noop_rerun_growth", t1 / max(t0, 1e-3), 1.0))
@@ -277,7 +288,7 @@ def chart(results: List[Dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in results if "side" not in r]
+    runs = [r for r in results if "side" not in r and "join" not in r]
     fig, axes = plt.subplots(1, len(PHASES), figsize=(4 * len(PHASES), 3.6))
     for ax, phase in zip(axes, PHASES):
         for kind, color in (("sqlite", "tab:blue"), ("postgres", "tab:orange")):
@@ -312,6 +323,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="also this Datapipe next to datapipe 0.15 at SIZES (default 10000,100000)")
     p.add_argument("--python015", default=None,
                    help="interpreter with datapipe-core==0.15.0 (default: .nox/bench-015, created when missing)")
+    p.add_argument("--one-to-many", type=int, default=100_000,
+                   help="items in the one-to-many join benchmark (10 annotations each); 0 skips it")
     p.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG results")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -335,6 +348,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 results.append(measure(dbs, kind, n, args.chunk_size))
             if args.cross:
                 results.append(measure_cross(dbs, kind, args.cross, args.chunk_size))
+            if args.one_to_many:
+                results.append(measure_one_to_many(dbs, kind, args.one_to_many, args.chunk_size))
             if large:
                 scale_results.extend(scale.measure(dbs, kind, large, args.chunk_size))
         rows.extend(rows_of(results))
@@ -355,7 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          for row in rows]}
     for name in (f"bench-{stamp}.json", "latest.json"):
         (out / name).write_text(json.dumps(payload, indent=2))
-    if any("side" not in r for r in results):
+    if any("side" not in r and "join" not in r for r in results):
         chart(results, out / "latest.png")
     print()
     print(table(rows))

@@ -6,7 +6,9 @@ for the watermarks. For each input ``i`` the query takes the input's changed met
 transform keys, and, when the input holds only some of the transform keys, expands them with
 the live keys of the inputs that hold the rest and with keys the step processed before (so
 deletions reach old outputs). Keys whose recorded snapshot already saw the change are dropped;
-keys whose last attempt failed are added.
+keys whose last attempt failed are added. Processed keys are looked up by the input's key columns:
+when those are no prefix of the step table's primary key, the step declares an index on them
+(``ChangeQuery.previous_lookups``), so a change to one side of a cross join reads only its pairs.
 
 A full run does not fetch the keys the query returns: ``ChangeQuery.materialise`` has the
 database evaluate it once and hold the result (a ``WITH HOLD`` cursor on PostgreSQL, a temporary
@@ -98,6 +100,19 @@ class ChangeQuery:
                 "pass transform_keys= or map keys with InputSpec(keys=...)"
             )
         return sources
+
+    def previous_lookups(self) -> List[List[str]]:
+        """Transform-key columns by which the change query looks up the step's processed keys and that
+        are no prefix of the step table's primary key: each wants an index (``StepMeta.ensure_indexes``),
+        else every such lookup scans the step's whole metadata table."""
+        if self.global_batch:
+            return []
+        result: List[List[str]] = []
+        for inp in self.inputs:
+            cols = [k for k in self.keys if k in inp.columns]
+            if len(cols) < len(self.keys) and cols != self.keys[: len(cols)] and cols not in result:
+                result.append(cols)
+        return result
 
     def _live_keys(self, inp: InputKeys, alias: str) -> Any:
         m = inp.meta.sql_table.alias(alias)

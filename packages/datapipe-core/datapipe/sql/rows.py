@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, List, Sequence
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection
@@ -51,13 +52,31 @@ def fetch_rows(con: Connection, sql: Any) -> Sequence[Any]:
         result.close()
 
 
+def _column(values: Sequence[Any]) -> Any:
+    """One result column for the DataFrame constructor: a numpy array when the values are all ints and
+    floats, or all bools (pandas builds that several times faster than from a list, to the same dtype),
+    else the values as a list (NULLs, strings, mixed or oversized values: pandas' own inference)."""
+    types = set(map(type, values))
+    if types <= _NUMBERS or types == _BOOLS:
+        try:
+            arr = np.array(values)
+        except (OverflowError, ValueError, TypeError):
+            return list(values)
+        if arr.dtype.kind in "iufb":
+            return arr
+    return list(values)
+
+
+_NUMBERS = {int, float}
+_BOOLS = {bool}
+
+
 def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    if type(rows[0]) is tuple:  # the driver's rows (``fetch_rows``): pandas splits them in C
-        return pd.DataFrame(rows, columns=list(columns))
-    # SQLAlchemy Row objects: column-wise construction, much cheaper than from_records over them
-    return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
+    # column-wise, numeric columns as numpy arrays (``_column``): about twice as fast as letting pandas
+    # split the driver's tuples (``pd.DataFrame(rows)``) and far cheaper than from_records over Row objects
+    return pd.DataFrame(dict(zip(columns, map(_column, zip(*rows)))))
 
 
 def insert_statement(con: Connection, table: Table) -> Any:

@@ -22,6 +22,7 @@ run passes nothing downstream, so the executor keeps nothing that grows with the
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import math
@@ -32,7 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import pandas as pd
-from sqlalchemy import Column, Integer
+from sqlalchemy import Column, Index, Integer, and_, select
+from sqlalchemy import inspect as inspect_db
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 
 from datapipe import keyset
@@ -48,8 +51,8 @@ from datapipe.compute import (
     resolve_outputs,
     step_name,
 )
-from datapipe.datatable import DataStore, TableWrite
-from datapipe.errors import ConfigError
+from datapipe.datatable import DataStore, DataTable, TableWrite
+from datapipe.errors import ConfigError, StoreError
 from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, PreparedBatch, SingleThreadExecutor
 from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
 from datapipe.meta.planner_stats import refresh_stale_statistics
@@ -58,8 +61,11 @@ from datapipe.meta.versions import Snapshot, take_snapshot
 from datapipe.run_config import LabelDict, RunConfig, filter_rows
 from datapipe.run_result import attach_failure
 from datapipe.settings import settings
+from datapipe.sql.connection import table_creation_allowed
 from datapipe.sql.pages import MaterialisedRows
+from datapipe.sql.rows import fetch_rows, key_chunks, key_filter, rows_to_df
 from datapipe.sql.schema import BASIC, python_type
+from datapipe.store.database import TableStoreDB
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
 
 logger = logging.getLogger("datapipe.step.batch_transform")
@@ -268,6 +274,26 @@ class StepMeta(TransformMeta):
     def plan(self, changes: ChangeQuery, filters: Filters, order_by: Optional[List[str]], descending: bool) -> None:
         self.changes, self.filters, self.order_by, self.descending = changes, filters, order_by, descending
 
+    def ensure_indexes(self, column_sets: List[List[str]], create: bool) -> None:
+        """Declare (and with ``create``, create if missing) an index on each of ``column_sets``."""
+        table = self.sql_table
+        for cols in column_sets:
+            name = f"ix_{table.name}_{'_'.join(cols)}"
+            if len(name) > 60:  # PostgreSQL truncates identifiers at 63 bytes
+                name = f"ix_{str(table.name)[:40]}_{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+            if any(ix.name == name for ix in table.indexes):
+                continue
+            index = Index(name, *[table.c[c] for c in cols])
+            if create and table_creation_allowed():
+                try:
+                    with self.dbconn.begin() as con:
+                        index.create(con, checkfirst=True)
+                except (StoreError, DBAPIError):  # another runner created it at the same moment
+                    with self.dbconn.read() as con:
+                        existing = inspect_db(con).get_indexes(str(table.name), schema=table.schema)
+                    if name not in {ix["name"] for ix in existing}:
+                        raise
+
     def run_filters(self, run_config: Optional[RunConfig]) -> List[LabelDict]:
         """The step's filters combined with those of ``run_config`` (every pair merged)."""
         result = normalise_filters(self.filters)
@@ -372,6 +398,7 @@ class BaseBatchTransformStep(ComputeStep):
             ],
         )
         self.meta.plan(self.changes, filters, order_by, order == "desc")
+        self.meta.ensure_indexes(self.changes.previous_lookups(), ds.create_meta_table)
 
     @property
     def output_specs(self) -> List[ComputeOutput]:
@@ -686,14 +713,44 @@ class BaseBatchTransformStep(ComputeStep):
         return idx
 
     def read_input(self, n: int, idx: pd.DataFrame) -> pd.DataFrame:
-        """Rows of input ``n`` for the transform keys in ``idx``."""
+        """Rows of input ``n`` for the transform keys in ``idx``.
+
+        When the transform keys give only some of the input's key columns (``annotations(item_id,
+        ann_id)`` under transform key ``item_id``), the rows are those of the input's live keys
+        matching them: one joined query when the store is an SQL table in the metadata database,
+        else the live keys from the metadata first and then the store's rows for them.
+        """
         ci = self.input_dts[n]
         if not self.input_columns[n]:
             return ci.dt.get_data()
         keys = self._input_idx(n, idx)
         if not set(ci.dt.primary_keys) <= set(keys.columns):
+            joined = read_live_rows(ci.dt, keys)
+            if joined is not None:
+                return joined
             keys = ci.dt.meta.get_existing_idx(keys)
         return ci.dt.get_data(IndexDF(keyset.select(keys, ci.dt.primary_keys)))
+
+
+def read_live_rows(dt: DataTable, keys: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """Rows of ``dt`` whose live metadata matches ``keys`` (some key or ``MetaKey`` columns), in one
+    query joining the store's table to its metadata table; None when the store is not an SQL table in
+    the metadata database (then the caller looks the keys up in the metadata first)."""
+    store = dt.table_store
+    if not isinstance(store, TableStoreDB) or not store.in_database(dt.meta.dbconn):
+        return None
+    d, m = store.data_table, dt.meta.sql_table
+    sql = (
+        select(*[d.c[c] for c in store.columns])
+        .select_from(d.join(m, and_(*[d.c[k] == m.c[k] for k in dt.primary_keys])))
+        .where(m.c.delete_ts.is_(None))
+    )
+    rows: List[Any] = []
+    if len(keys):
+        with dt.meta.dbconn.read() as con:
+            for chunk in key_chunks(keys):
+                rows.extend(fetch_rows(con, sql.where(key_filter(m, chunk))))
+    return rows_to_df(rows, store.columns)
 
 
 class BatchTransformStep(BaseBatchTransformStep):
