@@ -96,6 +96,13 @@ PHASE_TARGETS: Dict[str, Target] = {
     **{f"vs015_{p}": Target("speedup", 1.0, ref="0.15") for p in PHASES},
     **{phase: Target("ratio", 5.0) for phase in O2M_PHASES},
 }
+# Issue 12 holds the one-input phases tighter than the spec's 5x: PostgreSQL within 3x of the floor,
+# SQLite within 4x.
+DB_TARGETS: Dict[Tuple[str, str], Target] = {
+    (db, phase): Target("ratio", limit)
+    for db, limit in (("postgres", 3.0), ("sqlite", 4.0))
+    for phase in ("first_run", "rerun_1pct_changed", "rerun_1pct_deleted")
+}
 TARGETS = {name: (t.kind, t.limit) for name, t in PHASE_TARGETS.items()}
 
 
@@ -109,6 +116,11 @@ class Row:
     value: float
     ref: Optional[float] = None
     note: str = ""
+
+
+def target_for(row: Row) -> Target:
+    """The target ``row`` is judged by: its database's (``DB_TARGETS``), else its phase's."""
+    return DB_TARGETS.get((row.db, row.phase), PHASE_TARGETS[row.phase])
 
 
 def worker(name: str, *args: Any) -> Dict[str, float]:
@@ -213,7 +225,7 @@ def table(rows: List[Row]) -> str:
             f"{'target':22} result")
     lines = [head, "-" * len(head)]
     for row in rows:
-        target = PHASE_TARGETS[row.phase]
+        target = target_for(row)
         unit = {"mib": " MiB", "growth": "x"}.get(target.kind, " s")
         value = f"{row.value:.0f}{unit}" if target.kind == "mib" else f"{row.value:.3f}{unit}"
         ref = f"{row.ref:.3f} s" if row.ref is not None and target.kind not in ("growth", "mib") else "-"
@@ -366,8 +378,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                "load_before": load_before, "load_after": os.getloadavg(),
                "targets": {name: t.text() for name, t in PHASE_TARGETS.items()}, "results": results,
                "scale": scale_results, **extra,
-               "table": [row.__dict__ | {"result": PHASE_TARGETS[row.phase].verdict(row.value, row.ref)}
-                         for row in rows]}
+               "table": [row.__dict__ | {"target": target_for(row).text(),
+                                         "result": target_for(row).verdict(row.value, row.ref)} for row in rows]}
     for name in (f"bench-{stamp}.json", "latest.json"):
         (out / name).write_text(json.dumps(payload, indent=2))
     if any("side" not in r and "join" not in r for r in results):
