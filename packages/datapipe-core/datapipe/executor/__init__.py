@@ -44,12 +44,12 @@ class PreparedBatch(ABC):
 
     @abstractmethod
     def write(self) -> None:
-        """Write the batch in one unit of work. May run on a writer thread (it touches only the
-        database and its own state); raises whatever the write raises, and nothing is then committed."""
+        """Write the batch in one unit of work (it touches only the database and its own state); raises
+        whatever the write raises, and nothing is then committed."""
 
     @abstractmethod
     def finish(self, error: Optional[Exception]) -> ChangeList:
-        """Called on the executor's thread after ``write`` returned (``error`` None) or raised.
+        """Called by the executor after ``write`` returned (``error`` None) or raised.
 
         Records a failure (the batch's keys, the error) and returns the batch's changes; raises only
         under ``fail_fast`` or when the metadata store is unusable, like ``ProcessFn``.
