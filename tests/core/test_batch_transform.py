@@ -497,3 +497,17 @@ def test_outputs_on_a_second_dbconn_of_the_same_database_commit_with_the_metadat
     run_steps(ds, steps)
     assert_datatable_equal(ds.get_table("o1"), rows([1, 2]))
     assert_datatable_equal(ds.get_table("o2"), rows([1, 2]))
+
+
+def test_a_step_and_a_table_of_the_same_name_are_refused(ds, make_catalog):
+    """Both would keep their metadata in ``<name>_meta``: a clear error, whichever comes first."""
+    from datapipe.errors import ConfigError
+
+    catalog = make_catalog(inp=cols("id"), out=cols("id"), later=cols("id"))
+    with pytest.raises(ConfigError, match=r"step 'inp': its metadata table 'inp_meta' holds the metadata of a table"):
+        build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], name="inp")]))
+    first = BatchTransform(bang, ["inp"], ["out"], name="later")
+    second = BatchTransform(bang, ["out"], ["later"], name="copy")
+    refused = r"table 'later': its metadata table 'later_meta' holds the metadata of a step"
+    with pytest.raises(ConfigError, match=refused):
+        build_compute(ds, catalog, Pipeline([first, second]))

@@ -13,7 +13,7 @@ from sqlalchemy import Column, Integer, String
 
 from datapipe.compute import Catalog, Pipeline, Table, build_compute, run_steps
 from datapipe.datatable import DataStore
-from datapipe.step.batch_transform import BatchTransform, read_live_rows
+from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import DBConn, MetaKey, TableStoreDB
 from datapipe.testing import assert_df_equal
 
@@ -70,7 +70,7 @@ def test_one_to_many_join_is_incremental_and_reads_live_rows(dbconn, tmp_path, w
     steps = build(ds, anns_store, dbconn)
     assert steps[0].transform_keys == ["item_id"]
     items_t, anns_t, stats_t = ds.get_table("items"), ds.get_table("anns"), ds.get_table("stats")
-    assert (read_live_rows(anns_t, pd.DataFrame({"item_id": [1]})) is None) == (where == "other database")
+    assert (anns_t.get_live_data(pd.DataFrame({"item_id": [1]})) is None) == (where == "other database")
 
     items = pd.DataFrame({"item_id": [1, 2, 3], "w": [100, 200, 300]})
     anns = pd.DataFrame({"item_id": [1, 1, 1, 2, 2, 4], "ann_id": [1, 2, 3, 4, 5, 6], "s": [1, 2, 3, 4, 5, 6]})
@@ -99,7 +99,7 @@ def test_one_to_many_join_is_incremental_and_reads_live_rows(dbconn, tmp_path, w
     assert_df_equal(stats_t.get_data(), expected(items, anns), ["item_id"])
 
 
-def test_read_live_rows_matches_the_metadata_lookup(dbconn):
+def test_get_live_data_matches_the_metadata_lookup(dbconn):
     """The joined read returns exactly the store rows of the live keys matching the partial key."""
     ds = DataStore(dbconn, create_meta_table=True)
     store = TableStoreDB(dbconn, "anns", anns_schema(), create_table=True)
@@ -110,12 +110,12 @@ def test_read_live_rows_matches_the_metadata_lookup(dbconn):
     anns_t.delete_by_idx(anns[anns["ann_id"] % 4 == 0][["item_id", "ann_id"]])
     store.insert_rows(pd.DataFrame({"item_id": [2], "ann_id": [100], "s": [7]}))  # not in the metadata
     keys = pd.DataFrame({"item_id": [0, 2, 5, 7, 42]})
-    joined = read_live_rows(anns_t, keys)
+    joined = anns_t.get_live_data(keys)
     assert joined is not None
     via_meta = anns_t.get_data(anns_t.meta.get_existing_idx(keys))
     assert_df_equal(joined, via_meta, ["item_id", "ann_id"])
     assert sorted(joined["ann_id"]) == [a for a in range(30) if a // 3 in (0, 2, 5, 7) and a % 4 != 0]
-    empty = read_live_rows(anns_t, keys.iloc[:0])
+    empty = anns_t.get_live_data(keys.iloc[:0])
     assert empty is not None and len(empty) == 0 and list(empty.columns) == ["item_id", "ann_id", "s"]
     assert steps[0].read_input(1, pd.DataFrame({"item_id": [5]}))["ann_id"].tolist() == [15, 17]
 

@@ -10,13 +10,16 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import and_, select
 
 from datapipe import keyset
 from datapipe.errors import StoreError
 from datapipe.meta.sql_meta import TableMeta
 from datapipe.run_config import RunConfig, filter_rows
 from datapipe.sql.connection import DBConn
+from datapipe.sql.rows import fetch_rows, key_chunks, key_filter, rows_to_df
 from datapipe.sql.schema import python_type
+from datapipe.store.database import TableStoreDB
 from datapipe.store.table_store import TableStore
 from datapipe.types import DataDF, IndexDF, MetadataDF
 
@@ -76,6 +79,26 @@ class DataTable:
     def get_size(self) -> int:
         """Number of live rows, from the metadata."""
         return self.meta.get_size()
+
+    def get_live_data(self, keys: pd.DataFrame) -> Optional[DataDF]:
+        """Rows whose live metadata matches ``keys`` (some key or ``MetaKey`` columns), in one query
+        joining the store's table to the metadata table; None when the store is not an SQL table in
+        the metadata database (then look the keys up with ``meta.get_existing_idx`` first)."""
+        store = self.table_store
+        if not isinstance(store, TableStoreDB) or not store.in_database(self.meta.dbconn):
+            return None
+        d, m = store.data_table, self.meta.sql_table
+        sql = (
+            select(*[d.c[c] for c in store.columns])
+            .select_from(d.join(m, and_(*[d.c[k] == m.c[k] for k in self.primary_keys])))
+            .where(m.c.delete_ts.is_(None))
+        )
+        rows: List[Any] = []
+        if len(keys):
+            with self.meta.dbconn.read() as con:
+                for chunk in key_chunks(keys):
+                    rows.extend(fetch_rows(con, sql.where(key_filter(m, chunk))))
+        return DataDF(rows_to_df(rows, store.columns))
 
     # ---------------------------------------------------------------- validation
 

@@ -60,7 +60,7 @@ from sqlalchemy import (
 )
 
 from datapipe import keyset
-from datapipe.errors import DatapipeError, mask_url
+from datapipe.errors import ConfigError, DatapipeError, mask_url
 from datapipe.meta.versions import Snapshot, declare_counter, stamp_upsert, unseen_rows, version_value
 from datapipe.sql.bulk import bulk_upsert_values, value_kind
 from datapipe.sql.connection import DBConn
@@ -89,12 +89,40 @@ class MetadataUpgradeRequired(DatapipeError, RuntimeError):
 
 
 def _declare(
-    dbconn: DBConn, table_name: str, columns: List[Column], create: bool, indexes: Sequence[Any] = ()
+    dbconn: DBConn,
+    table_name: str,
+    columns: List[Column],
+    create: bool,
+    indexes: Sequence[Any] = (),
+    owner: Optional[str] = None,
 ) -> Tuple[Table, List[str]]:
     """``dbconn.get_table`` that tolerates an existing table lacking ``VERSION_COLUMNS``; returns the table
-    and those missing columns (the table then needs ``datapipe db upgrade`` before it is used)."""
+    and those missing columns (the table then needs ``datapipe db upgrade`` before it is used).
+
+    ``owner``: the name of the table or step whose metadata this is; a metadata table of the other
+    kind under the same name is refused with ``ConfigError`` (see ``_refuse_shared_name``)."""
     missing = dbconn.missing_columns(table_name, [str(c.name) for c in columns if c.name in VERSION_COLUMNS])
+    if missing and owner is not None:
+        _refuse_shared_name(dbconn, table_name, columns, owner)
     return dbconn.get_table(table_name, columns, create, indexes, optional=missing), missing
+
+
+def _refuse_shared_name(dbconn: DBConn, table_name: str, columns: List[Column], owner: str) -> None:
+    """A table ``x`` and a step ``x`` would both keep their metadata in ``x_meta``: refuse the second
+    with a message that says so (else it would look like metadata that needs an upgrade). Checked
+    only when the existing table lacks columns, so it costs nothing in the usual case."""
+    declared = {str(c.name) for c in columns}
+    if "is_success" in declared:
+        marker, mine, other = "hash", "step", "table"
+    elif "hash" in declared:
+        marker, mine, other = "is_success", "table", "step"
+    else:
+        return
+    if not dbconn.missing_columns(table_name, [marker]):
+        raise ConfigError(
+            f"{mine} {owner!r}: its metadata table {table_name!r} holds the metadata of a {other} named "
+            f"{owner!r}; a step and a table cannot share a name (give the step another name=)"
+        )
 
 
 def require_upgraded(table_name: str, missing: List[str], dbconn: DBConn) -> None:
@@ -139,7 +167,7 @@ class TableMeta:
             Column("delete_ts", Float),
         ]
         indexes = [Index(f"ix_{table_name}_version", "version")]
-        self.sql_table, self.missing = _declare(dbconn, table_name, columns, create_table, indexes)
+        self.sql_table, self.missing = _declare(dbconn, table_name, columns, create_table, indexes, owner=name)
         declare_counter(dbconn, create_table)
 
     def require_upgraded(self) -> None:
@@ -318,7 +346,7 @@ class TransformMeta:
                 postgresql_where=failed.is_(False),
             )
         ]
-        self.sql_table, self.missing = _declare(dbconn, table_name, columns, create_table, indexes)
+        self.sql_table, self.missing = _declare(dbconn, table_name, columns, create_table, indexes, owner=name)
         self.watermarks = Watermarks(dbconn, name, create_table)
 
     def require_upgraded(self) -> None:

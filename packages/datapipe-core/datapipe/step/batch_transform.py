@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import pandas as pd
-from sqlalchemy import Column, Index, Integer, and_, select
+from sqlalchemy import Column, Index, Integer
 from sqlalchemy import inspect as inspect_db
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
@@ -51,7 +51,7 @@ from datapipe.compute import (
     resolve_outputs,
     step_name,
 )
-from datapipe.datatable import DataStore, DataTable, TableWrite
+from datapipe.datatable import DataStore, TableWrite
 from datapipe.errors import ConfigError, StoreError
 from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, PreparedBatch, SingleThreadExecutor
 from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
@@ -63,9 +63,7 @@ from datapipe.run_result import attach_failure
 from datapipe.settings import settings
 from datapipe.sql.connection import table_creation_allowed
 from datapipe.sql.pages import MaterialisedRows
-from datapipe.sql.rows import fetch_rows, key_chunks, key_filter, rows_to_df
 from datapipe.sql.schema import BASIC, python_type
-from datapipe.store.database import TableStoreDB
 from datapipe.types import ChangeList, DataSchema, IndexDF, Labels, TransformResult
 
 logger = logging.getLogger("datapipe.step.batch_transform")
@@ -725,32 +723,11 @@ class BaseBatchTransformStep(ComputeStep):
             return ci.dt.get_data()
         keys = self._input_idx(n, idx)
         if not set(ci.dt.primary_keys) <= set(keys.columns):
-            joined = read_live_rows(ci.dt, keys)
+            joined = ci.dt.get_live_data(keys)
             if joined is not None:
                 return joined
             keys = ci.dt.meta.get_existing_idx(keys)
         return ci.dt.get_data(IndexDF(keyset.select(keys, ci.dt.primary_keys)))
-
-
-def read_live_rows(dt: DataTable, keys: pd.DataFrame) -> Optional[pd.DataFrame]:
-    """Rows of ``dt`` whose live metadata matches ``keys`` (some key or ``MetaKey`` columns), in one
-    query joining the store's table to its metadata table; None when the store is not an SQL table in
-    the metadata database (then the caller looks the keys up in the metadata first)."""
-    store = dt.table_store
-    if not isinstance(store, TableStoreDB) or not store.in_database(dt.meta.dbconn):
-        return None
-    d, m = store.data_table, dt.meta.sql_table
-    sql = (
-        select(*[d.c[c] for c in store.columns])
-        .select_from(d.join(m, and_(*[d.c[k] == m.c[k] for k in dt.primary_keys])))
-        .where(m.c.delete_ts.is_(None))
-    )
-    rows: List[Any] = []
-    if len(keys):
-        with dt.meta.dbconn.read() as con:
-            for chunk in key_chunks(keys):
-                rows.extend(fetch_rows(con, sql.where(key_filter(m, chunk))))
-    return rows_to_df(rows, store.columns)
 
 
 class BatchTransformStep(BaseBatchTransformStep):
