@@ -385,7 +385,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any("side" not in r and "join" not in r for r in results):
         chart(results, out / "latest.png")
     print()
-    print(table(rows))
+    if rows:
+        print(table(rows))
     if scale_results:
         print()
         print(scale.table(scale_results))
