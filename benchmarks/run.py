@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import scale  # the large-N phase (sizes >= scale.SCALE_MIN_N)
+import workloads
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -124,19 +125,8 @@ def target_for(row: Row) -> Target:
 
 
 def worker(name: str, *args: Any) -> Dict[str, float]:
-    """Run ``workloads.<name>(*args)`` in a fresh interpreter; return its result dict."""
-    code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import workloads, joins; "
-        "w = {**workloads.WORKERS, **joins.WORKERS}; "
-        "print('RESULT ' + json.dumps(w[sys.argv[2]](*json.loads(sys.argv[3]))))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(HERE), name, json.dumps(list(args))], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {name}{args} failed:\n{proc.stderr[-4000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+    """Run ``workloads.<name>(*args)`` (or ``joins.<name>``) in a fresh interpreter; return its result dict."""
+    return workloads.in_worker(["workloads", "joins"], name, *args)
 
 
 class Databases:

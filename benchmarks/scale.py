@@ -28,7 +28,6 @@ The table gives seconds and seconds per million records of N (``s/M``) per phase
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -214,17 +213,9 @@ WORKERS: Dict[str, Callable[..., Dict[str, Any]]] = {
 
 def worker(name: str, *args: Any) -> Dict[str, Any]:
     """Run ``scale.<name>(*args)`` in a fresh interpreter (its own peak RSS); return its result."""
-    code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import scale; "
-        "print('RESULT ' + json.dumps(scale.WORKERS[sys.argv[2]](*json.loads(sys.argv[3]))))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(HERE), name, json.dumps(list(args))], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"scale worker {name}{args} failed:\n{proc.stderr[-4000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+    import workloads
+
+    return workloads.in_worker(["scale"], name, *args)
 
 
 def measure_one(dbs: Any, kind: str, n: int, chunk: int) -> Dict[str, Any]:

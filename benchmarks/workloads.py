@@ -7,9 +7,13 @@ phase group and no state leaks between measurements. Every function returns a di
 from __future__ import annotations
 
 import hashlib
+import json
 import resource
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -19,6 +23,26 @@ from sqlalchemy import Column, Integer, String
 CHANGE_FRACTION = 0.01
 NOOP_REPEATS = 5
 RERUN_REPEATS = 3  # 1 % reruns: median of this many (each on a different 1 %)
+
+
+def in_worker(modules: Sequence[str], name: str, *args: Any) -> Dict[str, Any]:
+    """Run ``name(*args)`` from the ``WORKERS`` of ``modules`` (modules of this directory) in a fresh
+    interpreter, so that peak RSS and caches are its own; return its result dict."""
+    code = (
+        "import importlib, json, sys; sys.path.insert(0, sys.argv[1]); "
+        "w = {k: f for m in sys.argv[2].split(',') for k, f in importlib.import_module(m).WORKERS.items()}; "
+        "print('RESULT ' + json.dumps(w[sys.argv[3]](*json.loads(sys.argv[4]))))"
+    )
+    here = str(Path(__file__).resolve().parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, here, ",".join(modules), name, json.dumps(list(args))],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker {name}{args} failed:\n{proc.stderr[-4000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
 
 
 def peak_rss_mib() -> float:

@@ -649,7 +649,8 @@ class BaseBatchTransformStep(ComputeStep):
     def store_batch_result(
         self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], snapshot: Snapshot
     ) -> ChangeList:
-        """Write the outputs of a batch and record its keys as processed, in one unit of work."""
+        """Write the outputs of a batch and record its keys as processed, in one unit of work (the batches
+        of a run go through ``prepare_batch``; this stays for code that writes a computed batch itself)."""
         return self.batch_changes(self.write_batch_result(ds, idx, frames, snapshot))
 
     def write_batch_result(
