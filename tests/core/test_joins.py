@@ -192,3 +192,54 @@ def test_cross_join_indexes_processed_keys_by_the_non_leading_side(dbconn):
     want.update({(1, 10): "X:a", (2, 10): "X:-"})
     got = preds.get_data()
     assert dict(zip(zip(got["model_id"], got["image_id"]), got["p"])) == want
+
+
+def _indexed(dbconn: DBConn, table: str) -> List[List[str]]:
+    from sqlalchemy import inspect
+
+    with dbconn.read() as con:
+        return [ix["column_names"] for ix in inspect(con).get_indexes(table, schema=dbconn.schema)]
+
+
+def test_first_run_builds_the_lookup_index_once_at_the_end(dbconn):
+    """During a step's first run its lookup index is absent (built once afterwards, also after a failed
+    run); later runs keep it in place while they write."""
+    from datapipe.run_config import RunConfig
+
+    ds = DataStore(dbconn, create_meta_table=True)
+
+    def table(name: str, *keys: str) -> Table:
+        cols = [Column(k, Integer, primary_key=True) for k in keys] + [Column("v", Integer)]
+        return Table(TableStoreDB(dbconn, name, cols, create_table=True))
+
+    catalog = Catalog({"models": table("models", "model_id"), "images": table("images", "image_id"),
+                       "preds": table("preds", "model_id", "image_id")})
+    seen: List[bool] = []
+    fail_on: List[int] = []
+
+    def predict(models: pd.DataFrame, images: pd.DataFrame, idx: pd.DataFrame) -> pd.DataFrame:
+        seen.append(["image_id"] in _indexed(dbconn, "predict_meta"))
+        if set(idx["image_id"]) & set(fail_on):
+            raise RuntimeError("bad image")
+        res = idx.merge(images, on="image_id").merge(models, on="model_id")
+        return res.assign(v=res["v_x"] * res["v_y"])[["model_id", "image_id", "v"]]
+
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(predict, ["models", "images"], ["preds"],
+                                                                name="predict", chunk_size=2)]))
+    assert ["image_id"] in _indexed(dbconn, "predict_meta")
+    ds.get_table("models").store_chunk(pd.DataFrame({"model_id": [1, 2], "v": [1, 2]}))
+    ds.get_table("images").store_chunk(pd.DataFrame({"image_id": [10, 20, 30], "v": [1, 10, 100]}))
+
+    fail_on.append(30)
+    with pytest.raises(RuntimeError, match="bad image"):
+        run_steps(ds, steps, run_config=RunConfig(fail_fast=True))
+    assert seen and not any(seen)  # absent in every batch of the first run
+    assert ["image_id"] in _indexed(dbconn, "predict_meta")  # and back after it failed
+
+    seen.clear()
+    fail_on.clear()
+    run_steps(ds, steps)  # the metadata holds the keys processed before the failure: not a first run
+    assert seen and all(seen)
+    got = ds.get_table("preds").get_data().sort_values(["model_id", "image_id"])
+    assert got["v"].tolist() == [1, 10, 100, 2, 20, 200]
+    assert ["image_id"] in _indexed(dbconn, "predict_meta")

@@ -29,6 +29,7 @@ import math
 import pickle
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -268,6 +269,8 @@ class StepMeta(TransformMeta):
     filters: Filters = None
     order_by: Optional[List[str]] = None
     descending: bool = False
+    lookup_indexes: Sequence[Index] = ()  # see ensure_indexes
+    may_create_indexes: bool = False
 
     def plan(self, changes: ChangeQuery, filters: Filters, order_by: Optional[List[str]], descending: bool) -> None:
         self.changes, self.filters, self.order_by, self.descending = changes, filters, order_by, descending
@@ -275,22 +278,62 @@ class StepMeta(TransformMeta):
     def ensure_indexes(self, column_sets: List[List[str]], create: bool) -> None:
         """Declare (and with ``create``, create if missing) an index on each of ``column_sets``."""
         table = self.sql_table
+        self.lookup_indexes = []
+        self.may_create_indexes = create and table_creation_allowed()
         for cols in column_sets:
             name = f"ix_{table.name}_{'_'.join(cols)}"
             if len(name) > 60:  # PostgreSQL truncates identifiers at 63 bytes
                 name = f"ix_{str(table.name)[:40]}_{hashlib.sha1(name.encode()).hexdigest()[:12]}"
-            if any(ix.name == name for ix in table.indexes):
-                continue
-            index = Index(name, *[table.c[c] for c in cols])
-            if create and table_creation_allowed():
-                try:
-                    with self.dbconn.begin() as con:
-                        index.create(con, checkfirst=True)
-                except (StoreError, DBAPIError):  # another runner created it at the same moment
-                    with self.dbconn.read() as con:
-                        existing = inspect_db(con).get_indexes(str(table.name), schema=table.schema)
-                    if name not in {ix["name"] for ix in existing}:
-                        raise
+            index = next((ix for ix in table.indexes if ix.name == name), None)
+            if index is None:
+                index = Index(name, *[table.c[c] for c in cols])
+            self.lookup_indexes.append(index)
+            if self.may_create_indexes:
+                self._create_index(index)
+
+    def _create_index(self, index: Index) -> None:
+        try:
+            with self.dbconn.begin() as con:
+                index.create(con, checkfirst=True)
+        except (StoreError, DBAPIError):  # another runner created it at the same moment
+            with self.dbconn.read() as con:
+                existing = inspect_db(con).get_indexes(str(self.sql_table.name), schema=self.sql_table.schema)
+            if index.name not in {ix["name"] for ix in existing}:
+                raise
+
+    @contextmanager
+    def indexes_built_after(self, first_run: bool) -> Iterator[None]:
+        """Around a step's first run (``first_run``: its metadata is empty), drop its lookup indexes
+        and build each once at the end, even when the run fails.
+
+        Keeping them up to date row by row is most of the cost of a first run of a cross join: every
+        batch inserts its keys all over an index on the other side's key. A sorted build at the end
+        costs a fraction. Only this step's runner writes its metadata (``datapipe.meta.locks``), and
+        an index missing after a killed run is created again when the step is next built.
+        """
+        if not (first_run and self.lookup_indexes and self.may_create_indexes):
+            yield
+            return
+        with self.dbconn.begin() as con:
+            for index in self.lookup_indexes:
+                index.drop(con, checkfirst=True)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            started = time.perf_counter()
+            try:
+                for index in self.lookup_indexes:
+                    self._create_index(index)
+            except Exception as e:  # noqa: BLE001 - do not hide the run's own error behind this one
+                if not failed:
+                    raise
+                logger.warning("step %s: lookup indexes not rebuilt after the failed run (%s); "
+                               "they are created when the step is next built", self.name, e)
+            else:
+                logger.info("step %s: built %d lookup index(es) in %.2f s", self.name,
+                            len(self.lookup_indexes), time.perf_counter() - started)
 
     def run_filters(self, run_config: Optional[RunConfig]) -> List[LabelDict]:
         """The step's filters combined with those of ``run_config`` (every pair merged)."""
@@ -496,7 +539,8 @@ class BaseBatchTransformStep(ComputeStep):
             # not worth a round trip for a single batch
             self.fresh_keys = count > 1 and self.meta.is_empty()
             try:
-                self._execute(ds, count, batches, run_config, executor, run, keep_changes=False)
+                with self.meta.indexes_built_after(self.fresh_keys):
+                    self._execute(ds, count, batches, run_config, executor, run, keep_changes=False)
             finally:
                 self.fresh_keys = False
         if self.meta.can_advance_watermark(run_config):
