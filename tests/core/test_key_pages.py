@@ -211,3 +211,37 @@ def test_full_run_batches_report_counts_not_keys(ds, make_catalog):
     result = run_steps(ds, steps, executor=Keeping())
     assert [(c.key_count(), c.deleted_count) for c in returned] == [(2, 2)]
     assert (result.steps[0].processed, result.steps[0].changed, result.steps[0].deleted) == (2, 0, 2)
+
+
+def test_a_full_run_evaluates_its_change_query_once(ds, make_catalog, dbconn):
+    """One ``DECLARE`` (PostgreSQL) or ``CREATE TEMP TABLE`` (SQLite) per full run, also over several pages,
+    and nothing held afterwards; opening held keys a second time does not evaluate the query again."""
+    from sqlalchemy import event
+
+    catalog = make_catalog(inp=cols("id"), out=cols("id"))
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], chunk_size=4)]))
+    steps[0].key_page_rows = 8
+    ds.get_table("inp").store_chunk(rows(range(30)))
+    evaluations = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith(("DECLARE", "CREATE TEMP TABLE")):
+            evaluations.append(statement)
+
+    event.listen(dbconn.con, "after_cursor_execute", count)
+    try:
+        run_steps(ds, steps)
+        assert len(evaluations) == 1
+        assert len(ds.get_table("out").get_data()) == 30
+        assert dbconn.con.pool.checkedout() == 0
+
+        ds.get_table("inp").store_chunk(rows(range(10), prefix="w"))
+        evaluations.clear()
+        keys, _snapshot = steps[0].meta.open_changed_keys(page_rows=4)
+        with keys:  # entering what is already open
+            assert keys.count == 10
+            assert sum((p["id"].tolist() for p in keys.pages()), []) == list(range(10))
+        assert len(evaluations) == 1
+        assert dbconn.con.pool.checkedout() == 0
+    finally:
+        event.remove(dbconn.con, "after_cursor_execute", count)

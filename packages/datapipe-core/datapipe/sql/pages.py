@@ -117,6 +117,7 @@ class MaterialisedRows:
         self._kind = ""
         self._memory: Optional[pd.DataFrame] = None
         self._position = 0
+        self._opened = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,9 +129,11 @@ class MaterialisedRows:
         self.close()
 
     def open(self) -> MaterialisedRows:
-        """Evaluate the query once and keep its result in the database; sets ``count``."""
-        if self.query is None:
+        """Evaluate the query once and keep its result in the database; sets ``count``. Opening an
+        open (or already read) result does nothing."""
+        if self.query is None or self._opened:
             return self
+        self._opened = True
         engine = self.dbconn.con
         dialect = engine.dialect.name
         if dialect not in ("postgresql", "sqlite"):
