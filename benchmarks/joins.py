@@ -18,7 +18,7 @@ same for the cross-join workload of ``workloads.py``.
 
 ``raw_one_to_many_floor(url, n)`` is the same work with the bare driver (``workloads.Raw``): read the input
 rows each phase needs, write the output rows and two metadata rows per output key (``executemany`` on
-SQLite, ``COPY`` on PostgreSQL).
+SQLite, ``COPY`` on PostgreSQL); a rerun's floor overwrites the rows the first run wrote (``Raw.upsert``).
 """
 
 from __future__ import annotations
@@ -217,12 +217,24 @@ def _tuples(df: pd.DataFrame) -> List[Tuple[Any, ...]]:
     return list(zip(*[df[c].tolist() for c in df.columns]))
 
 
-def _outputs(raw: Raw, rows: List[Tuple[Any, ...]]) -> float:
-    """Write ``rows`` to a fresh output table and two metadata rows per row to two fresh metadata tables."""
-    out, out_meta = raw.fresh_tables()
-    _, step_meta = raw.fresh_tables()
-    meta = [(r[0], 0, 1.0, 1.0, 1.0, None) for r in rows]
-    return raw.write(out, rows) + raw.write(out_meta, meta) + raw.write(step_meta, meta)
+class _Outputs:
+    """The output table and the two metadata tables of the one-to-many step, for the floor: ``first``
+    writes new rows, ``again`` overwrites rows that exist (``Raw.upsert``), as a rerun must."""
+
+    def __init__(self, raw: Raw) -> None:
+        self.raw = raw
+        self.out, self.out_meta = raw.fresh_tables(("item_id",), ("n_ann", "total"))
+        self.step_meta = raw.fresh_tables(("item_id",), ())[1]
+
+    def first(self, rows: List[Tuple[Any, ...]]) -> float:
+        meta = [(r[0], 0, 1.0, 1.0, 1.0, None) for r in rows]
+        raw = self.raw
+        return raw.write(self.out, rows) + raw.write(self.out_meta, meta) + raw.write(self.step_meta, meta)
+
+    def again(self, rows: List[Tuple[Any, ...]]) -> float:
+        meta = [(r[0], 1, 2.0, 2.0, 2.0, None) for r in rows]
+        return (self.raw.upsert(self.out, rows) + self.raw.upsert(self.out_meta, meta)
+                + self.raw.upsert(self.step_meta, meta))
 
 
 def _read(raw: Raw, sql: str, *params: Any) -> Tuple[float, List[Any]]:
@@ -253,13 +265,14 @@ def raw_one_to_many_floor(url: str, n: int) -> Dict[str, float]:
         out = expected_stats(pd.DataFrame(irows, columns=["item_id", "weight"]),
                              pd.DataFrame(arows, columns=["item_id", "ann_id", "score"]))
         out = out[out["item_id"].isin(ids)]
-        return t1 + t2 + _outputs(raw, _tuples(out))
+        return t1 + t2 + outputs.again(_tuples(out))
 
     t1, irows = _read(raw, f"SELECT item_id, weight FROM {items_t}")
     t2, arows = _read(raw, f"SELECT item_id, ann_id, score FROM {anns_t}")
     out = expected_stats(pd.DataFrame(irows, columns=["item_id", "weight"]),
                          pd.DataFrame(arows, columns=["item_id", "ann_id", "score"]))
-    res["o2m_first_run"] = t1 + t2 + _outputs(raw, _tuples(out))
+    outputs = _Outputs(raw)
+    res["o2m_first_run"] = t1 + t2 + outputs.first(_tuples(out))
     k = max(1, int(n * CHANGE_FRACTION))
     stride = max(1, n // (k * ANNS_PER_ITEM))
     ka = max(1, int(len(anns) * CHANGE_FRACTION))

@@ -275,19 +275,41 @@ class Raw:
             self.ph, self.pg = "%s", True
         self.cur = self.con.cursor()
         self.n_tables = 0
+        self.columns: Dict[str, Tuple[List[str], List[str], List[str]]] = {}  # names, SQL types, keys
 
-    def fresh_tables(self) -> Tuple[str, str]:
+    def fresh_tables(self, keys: Sequence[str] = ("id",), payload: Sequence[str] = ("x", "s")) -> Tuple[str, str]:
+        """A new data table (``keys`` then ``payload`` columns; ``s`` is text, others integers) and a new
+        metadata table, both with primary key ``keys``."""
         self.n_tables += 1
         data, meta = f"raw_data_{self.n_tables}", f"raw_meta_{self.n_tables}"
+        pk = f"PRIMARY KEY ({', '.join(keys)})"
+        self.columns[data] = ([*keys, *payload], ["INTEGER"] * len(keys) + ["TEXT" if c == "s" else "INTEGER"
+                                                                             for c in payload], list(keys))
+        self.columns[meta] = ([*keys, *META_COLUMNS], ["INTEGER"] * len(keys) + ["BIGINT"] + ["FLOAT"] * 4,
+                              list(keys))
         for t in (data, meta):
             self.cur.execute(f"DROP TABLE IF EXISTS {t}")
-        self.cur.execute(f"CREATE TABLE {data} (id INTEGER PRIMARY KEY, x INTEGER, s TEXT)")
-        self.cur.execute(
-            f"CREATE TABLE {meta} (id INTEGER PRIMARY KEY, hash BIGINT, create_ts FLOAT, update_ts FLOAT, "
-            "process_ts FLOAT, delete_ts FLOAT)"
-        )
+            names, types, _ = self.columns[t]
+            self.cur.execute(f"CREATE TABLE {t} ({', '.join(f'{n} {ty}' for n, ty in zip(names, types))}, {pk})")
         self.con.commit()
         return data, meta
+
+    def upsert(self, table: str, rows: Sequence[Tuple[Any, ...]]) -> float:
+        """Write ``rows`` over the rows of ``table`` with the same keys (or as new rows) and commit: the
+        driver's fastest upsert (COPY cannot update): ``INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT``
+        on PostgreSQL, ``executemany`` of ``INSERT ... ON CONFLICT`` on SQLite."""
+        names, types, keys = self.columns[table]
+        update = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
+        conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
+        t = time.perf_counter()
+        if self.pg:
+            arrays = ", ".join(f"%s::{ty}[]" for ty in types)
+            self.cur.execute(f"INSERT INTO {table} SELECT * FROM unnest({arrays}) {conflict}",
+                             [list(col) for col in zip(*rows)])
+        else:
+            self.cur.executemany(f"INSERT INTO {table} VALUES ({','.join([self.ph] * len(names))}) {conflict}", rows)
+        self.con.commit()
+        return time.perf_counter() - t
 
     def write(self, table: str, rows: Sequence[Tuple[Any, ...]]) -> float:
         """Insert ``rows`` (executemany on SQLite, COPY on PostgreSQL) and commit."""
@@ -332,6 +354,9 @@ class Raw:
         return time.perf_counter() - t
 
 
+META_COLUMNS = ["hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
+
+
 def _rows(n: int, start: int = 0) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any, ...]]]:
     df = input_frame(n, start)
     data = list(zip(df["id"].tolist(), df["x"].tolist(), df["s"].tolist()))
@@ -340,7 +365,13 @@ def _rows(n: int, start: int = 0) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any
 
 
 def raw_floor(url: str, n: int, side: int) -> Dict[str, float]:
-    """Bare-driver time for the same work as each Datapipe phase (the floor)."""
+    """Bare-driver time for the same work as each Datapipe phase (the floor).
+
+    A first run writes new rows (COPY on PostgreSQL, ``executemany`` on SQLite, into empty tables). A
+    rerun changes rows that exist, as Datapipe's must: its floor upserts them into the tables the first
+    run filled (``Raw.upsert``), and a deletion deletes the output rows and overwrites their two metadata
+    rows (the tombstone and the step's record). The cross join's tables have its two-column key.
+    """
     raw = Raw(url)
     data, meta = _rows(n)
     src, src_meta = raw.fresh_tables()
@@ -352,39 +383,49 @@ def raw_floor(url: str, n: int, side: int) -> Dict[str, float]:
     res["first_run"] = raw.read_all(src) + raw.write(out, data) + raw.write(out_meta, meta) + raw.write(step_meta, meta)
     res["noop_rerun"] = raw.noop_query(src_meta)
     k = max(1, int(n * CHANGE_FRACTION))
-    kdata, kmeta = _rows(k, n)
     changed, deleted = [], []
     for r in range(RERUN_REPEATS):
-        # 1% changed: read those rows by key, write them and two metadata rows each
-        o, om = raw.fresh_tables()
-        _, sm = raw.fresh_tables()
-        ids = [row[0] for row in data[r * k : (r + 1) * k]]
-        changed.append(raw.read_keys(src, ids) + raw.write(o, kdata) + raw.write(om, kmeta) + raw.write(sm, kmeta))
-        # 1% deleted: delete the output rows, write two metadata rows each (tombstone, step state)
-        om2 = raw.fresh_tables()[1]
-        sm2 = raw.fresh_tables()[1]
-        deleted.append(raw.delete_keys(out, ids) + raw.write(om2, kmeta) + raw.write(sm2, kmeta))
+        # 1% changed: read those rows by key, overwrite their output rows and two metadata rows each
+        kdata, kmeta = _rows(k, r * k)
+        ids = [row[0] for row in kdata]
+        changed.append(raw.read_keys(src, ids) + raw.upsert(out, kdata) + raw.upsert(out_meta, kmeta)
+                       + raw.upsert(step_meta, kmeta))
+        # 1% deleted (other keys): delete the output rows, overwrite two metadata rows each
+        gone = _rows(k, n - (r + 1) * k)[1]
+        tombstones = [(*row[:-1], 2.0) for row in gone]
+        deleted.append(raw.delete_keys(out, [row[0] for row in gone]) + raw.upsert(out_meta, tombstones)
+                       + raw.upsert(step_meta, gone))
     res["rerun_1pct_changed"] = _median(changed)
     res["rerun_1pct_deleted"] = _median(deleted)
     if side:
-        pairs = side * side
-        pdata, pmeta = _rows(pairs)
-        xo, xom = raw.fresh_tables()
-        _, xsm = raw.fresh_tables()
-        res["cross_first_run"] = (
-            2 * raw.read_keys(src, list(range(side))) + raw.write(xo, pdata) + raw.write(xom, pmeta)
-            + raw.write(xsm, pmeta)
-        )
-        kp = max(1, int(side * CHANGE_FRACTION)) * side
-        kpdata, kpmeta = _rows(kp, pairs)
-        yo, yom = raw.fresh_tables()
-        _, ysm = raw.fresh_tables()
-        res["cross_rerun_1pct_side"] = (
-            raw.read_keys(src, list(range(side))) + raw.write(yo, kpdata) + raw.write(yom, kpmeta)
-            + raw.write(ysm, kpmeta)
-        )
+        res.update(_cross_floor(raw, src, side))
     raw.con.close()
     return res
+
+
+def _pair_rows(side: int, images: int, start_image: int = 0) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any, ...]]]:
+    """Rows of every model with images ``start_image`` .. ``start_image + images - 1`` of a side x side cross
+    join: ``(model_id, image_id, score)`` data rows and their metadata rows."""
+    models = np.repeat(np.arange(side), images).tolist()
+    image_ids = np.tile(np.arange(start_image, start_image + images), side).tolist()
+    data = list(zip(models, image_ids, [m * i for m, i in zip(models, image_ids)]))
+    return data, [(m, i, 0, 1.0, 1.0, 1.0, None) for m, i in zip(models, image_ids)]
+
+
+def _cross_floor(raw: Raw, src: str, side: int) -> Dict[str, float]:
+    """The cross join: read both sides, write side² rows with the key (model_id, image_id) and two metadata
+    rows each; then 1 % of the images changed: read them, overwrite their pairs' rows."""
+    keys = ("model_id", "image_id")
+    pdata, pmeta = _pair_rows(side, side)
+    out, out_meta = raw.fresh_tables(keys, ("score",))
+    _, step_meta = raw.fresh_tables(keys, ())
+    side_ids = list(range(side))
+    first = (2 * raw.read_keys(src, side_ids) + raw.write(out, pdata) + raw.write(out_meta, pmeta)
+             + raw.write(step_meta, pmeta))
+    kdata, kmeta = _pair_rows(side, max(1, int(side * CHANGE_FRACTION)))
+    rerun = (raw.read_keys(src, side_ids) + raw.upsert(out, kdata) + raw.upsert(out_meta, kmeta)
+             + raw.upsert(step_meta, kmeta))
+    return {"cross_first_run": first, "cross_rerun_1pct_side": rerun}
 
 
 WORKERS: Dict[str, Callable[..., Dict[str, float]]] = {
