@@ -187,3 +187,21 @@ def test_other_integrity_errors_of_new_rows_are_raised(dbconn: DBConn) -> None:
         with dbconn.begin() as con:
             bulk_upsert(con, table, df, ["id", "s"], ["id"], new=True)
     assert _read(dbconn, table) == []
+
+
+@pytest.mark.parametrize("new", [False, True])
+@pytest.mark.parametrize("row", [0, 1, 2, 7, 9])
+def test_columns_with_one_value_round_trip(dbconn: DBConn, row: int, new: bool) -> None:
+    """A batch whose columns hold one value in every row (on PostgreSQL sent as single parameters, not
+    arrays of copies): NULLs, awkward text, booleans, big integers, datetimes and JSON come back as written."""
+    table = _table(dbconn, with_json=True)
+    n = UNNEST_MIN_ROWS + 5
+    one = _frame(row + 1, with_json=True).iloc[[row]]
+    df = pd.concat([one] * n, ignore_index=True).assign(id=np.arange(n))
+    with dbconn.begin() as con:
+        bulk_upsert(con, table, df, list(df.columns), ["id"], new=new)
+    assert _read(dbconn, table) == _normalise(_expected(df))
+    again = df.assign(s="other", b=True)
+    with dbconn.begin() as con:
+        bulk_upsert(con, table, again, list(again.columns), ["id"], new=new)
+    assert _read(dbconn, table) == _normalise(_expected(again))

@@ -3,7 +3,8 @@
 ``bulk_upsert`` writes a DataFrame with one ``INSERT ... ON CONFLICT DO UPDATE`` handed to the
 driver's ``executemany`` as plain tuples (SQLite; psycopg 3 pipelines them), or, on PostgreSQL with
 psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) ON CONFLICT`` with
-one array parameter per column (one round trip per chunk). SQLAlchemy's per-row parameter
+one array parameter per column (one round trip per chunk); a column with one value in every row (a
+batch's timestamps, flags, NULLs) goes as one plain parameter instead. SQLAlchemy's per-row parameter
 processing (dicts, type processors) is skipped for columns whose type needs none; columns that need
 one (JSON, DateTime on SQLite, ...) are processed like SQLAlchemy would.
 
@@ -16,6 +17,7 @@ the savepoint is rolled back and the rows are upserted, so the belief is an opti
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
@@ -170,44 +172,59 @@ def _array_literal(values: List[Any], kind: str) -> Any:
     return values
 
 
+@dataclass(frozen=True)
+class _UnnestRows:
+    """A batch of rows for ``INSERT ... SELECT FROM unnest(...)``: the columns whose values vary go as
+    one array parameter each, those holding one value in every row (a batch's timestamps, flags,
+    NULLs) as one plain parameter, so neither side builds or parses an array of copies."""
+
+    columns: Tuple[str, ...]  # the varying columns, then the constant ones
+    types: Tuple[str, ...]
+    varying: int  # how many of ``columns`` vary
+    params: Tuple[Any, ...]  # the constants' values, then the arrays
+
+    @classmethod
+    def of(cls, columns: Sequence[str], values: List[List[Any]], kinds: Sequence[str], types: List[str]
+           ) -> _UnnestRows:
+        # the first column is a key: it varies, and unnest needs one array at least
+        constant = [i > 0 and values[i].count(values[i][0]) == len(values[i]) for i in range(len(values))]
+        order = [i for i, c in enumerate(constant) if not c] + [i for i, c in enumerate(constant) if c]
+        varying = constant.count(False)
+        # in the statement's text order: the constants (in the select list), then the arrays
+        params = [values[i][0] for i in order[varying:]]
+        params += [_array_literal(values[i], kinds[i]) for i in order[:varying]]
+        return cls(tuple(columns[i] for i in order), tuple(types[i] for i in order), varying, tuple(params))
+
+
 def _unnest_upsert(
     con: Connection,
     table: Table,
-    columns: Sequence[str],
+    rows: _UnnestRows,
     keys: Sequence[str],
-    values: List[List[Any]],
-    types: List[str],
     extra: Dict[str, str],
     upsert: bool = True,
 ) -> None:
     """One ``INSERT ... SELECT * FROM unnest(arrays) [ON CONFLICT]``: one round trip, one statement."""
-    cache_key = ("unnest", table, tuple(columns), tuple(keys), upsert, *extra.items())
+    cache_key = ("unnest", table, rows.columns, rows.varying, tuple(keys), upsert, *extra.items())
     sql = _SQL_CACHE.get(cache_key)
     if sql is None:
         target = con.dialect.identifier_preparer.format_table(table)
-        cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
-        arrays = ", ".join(f"%s::{t}[]" for t in types)
-        selected = ", ".join(["u.*", *extra.values()])
+        cols = ", ".join(_quote(con, c) for c in [*rows.columns, *extra])
+        arrays = ", ".join(f"%s::{t}[]" for t in rows.types[: rows.varying])
+        constants = [f"%s::{t}" for t in rows.types[rows.varying :]]
+        selected = ", ".join(["u.*", *constants, *extra.values()])
         sql = f"INSERT INTO {target} ({cols}) SELECT {selected} FROM unnest({arrays}) AS u"
         if upsert:
-            sql += _conflict_clause(con, [*columns, *extra], keys)
+            sql += _conflict_clause(con, [*rows.columns, *extra], keys)
         _SQL_CACHE[cache_key] = sql
-    con.exec_driver_sql(sql, tuple(values))
+    con.exec_driver_sql(sql, rows.params)
 
 
 UNIQUE_VIOLATION = "23505"
 _SAVEPOINT = "datapipe_new_rows"
 
 
-def _inserted(
-    con: Connection,
-    table: Table,
-    columns: Sequence[str],
-    keys: Sequence[str],
-    arrays: List[Any],
-    types: List[str],
-    extra: Dict[str, str],
-) -> bool:
+def _inserted(con: Connection, table: Table, rows: _UnnestRows, keys: Sequence[str], extra: Dict[str, str]) -> bool:
     """Plain ``INSERT`` of rows believed new, in a savepoint; False (nothing written) when a key exists.
 
     The savepoint is plain SQL, not ``Connection.begin_nested()``: it lives for one statement, and
@@ -215,7 +232,7 @@ def _inserted(
     """
     con.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
     try:
-        _unnest_upsert(con, table, columns, keys, arrays, types, extra, upsert=False)
+        _unnest_upsert(con, table, rows, keys, extra, upsert=False)
     except IntegrityError as e:
         con.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
         if getattr(e.orig, "sqlstate", None) != UNIQUE_VIOLATION:
@@ -269,9 +286,9 @@ def bulk_upsert_values(
     if _is_psycopg3(con) and len(values[0]) >= UNNEST_MIN_ROWS:
         types = _unnest_types(con, table, columns)
         if types is not None:
-            arrays = [_array_literal(v, k) for v, k in zip(values, kinds)]
-            if not (new and _inserted(con, table, columns, keys, arrays, types, extra)):
-                _unnest_upsert(con, table, columns, keys, arrays, types, extra)
+            rows = _UnnestRows.of(columns, values, kinds, types)
+            if not (new and _inserted(con, table, rows, keys, extra)):
+                _unnest_upsert(con, table, rows, keys, extra)
             return
     sql = upsert_sql(con, table, columns, keys, extra)
     con.exec_driver_sql(sql, list(zip(*values)))  # type: ignore[arg-type]
