@@ -131,3 +131,61 @@ def test_keys_new_to_the_metadata_but_present_in_the_store_are_replaced(dt):
     assert_idx_equal(changed, pd.DataFrame({"id": range(40)}))
     assert_datatable_equal(dt, df(range(40)))
     assert dt.get_size() == 40
+
+
+def _meta_of(table):
+    """Every metadata row of ``table`` with its ``version``, by id."""
+    from sqlalchemy import select
+
+    with table.meta.dbconn.read() as con:
+        rows = con.execute(select(table.meta.sql_table)).mappings().all()
+    return pd.DataFrame([dict(r) for r in rows]).set_index("id").sort_index()
+
+
+@pytest.mark.parametrize("n", [6, 40])  # arrays on PostgreSQL from 20 rows, row by row below
+def test_a_fresh_write_of_recorded_keys_ends_like_the_exact_write(ds, dbconn, n):
+    """``TableWrite(fresh=True)`` inserts without reading the stored metadata. When keys were recorded
+    after all (live and unchanged, live and changed, deleted), it ends exactly like the ordinary write:
+    same rows, same metadata (create_ts kept, unchanged rows not given a new version), same changes."""
+    from datapipe.datatable import TableWrite, write_tables
+
+    tables = {name: ds.create_table(name, TableStoreDB(dbconn, name, schema(), create_table=True))
+              for name in ("exact", "fresh")}
+    for t in tables.values():
+        t.store_chunk(df(range(0, n, 2)), now=100.0)  # the even keys are recorded
+        t.delete_by_idx(pd.DataFrame({"id": [0]}), now=150.0)
+    before = {name: _meta_of(t) for name, t in tables.items()}
+    new = df(range(n))
+    new.loc[new["id"] == 2, "a"] = "changed"
+    results = {
+        name: write_tables(dbconn, [TableWrite(t, new, new[["id"]], fresh=name == "fresh")], now=200.0)[0]
+        for name, t in tables.items()
+    }
+    changed = sorted(results["exact"][0]["id"])
+    assert changed == [0, 1, 2, *range(3, n, 2)]
+    assert sorted(results["fresh"][0]["id"]) == changed and len(results["fresh"][1]) == 0
+    after = {name: _meta_of(t) for name, t in tables.items()}
+    columns = ["hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
+    pd.testing.assert_frame_equal(after["fresh"][columns], after["exact"][columns])
+    for name, t in tables.items():
+        assert_datatable_equal(t, new)
+        old = before[name]["version"].reindex(after[name].index)
+        assert sorted(after[name].index[after[name]["version"] != old]) == changed  # new version: changed only
+
+    # a key of the scope without a row is deleted: the fresh write does not skip that
+    fewer = new[new["id"] != 1]
+    changed, deleted = write_tables(dbconn, [TableWrite(tables["fresh"], fewer, new[["id"]], fresh=True)], now=300.0)[0]
+    assert deleted["id"].tolist() == [1] and len(changed) == 0
+    assert_datatable_equal(tables["fresh"], fewer)
+
+
+def test_a_fresh_write_of_new_keys_reports_them_all(ds, dbconn):
+    from datapipe.datatable import TableWrite, write_tables
+
+    t = ds.create_table("t", TableStoreDB(dbconn, "t", schema(), create_table=True))
+    rows = df(range(50))
+    changed, deleted = write_tables(dbconn, [TableWrite(t, rows, rows[["id"]], fresh=True)], now=100.0)[0]
+    assert sorted(changed["id"]) == list(range(50)) and len(deleted) == 0
+    assert_datatable_equal(t, rows)
+    meta = _meta_of(t)
+    assert (meta["create_ts"] == 100.0).all() and meta["delete_ts"].isna().all() and meta["version"].notna().all()

@@ -222,6 +222,10 @@ class DataTable:
         data_df, scope, keys = write.frame, write.scope, self.primary_keys
         has_scope = scope is not None and len(scope) > 0
         full_keys = scope is not None and has_scope and all(k in scope.columns for k in keys)
+        if write.fresh and self._covers(data_df, scope if has_scope else None, full_keys, write):
+            changed = self._write_fresh(data_df, now)
+            if changed is not None:
+                return changed, IndexDF(changed.iloc[0:0])
         # one metadata read serves both change detection and the deletion of vanished rows
         existing = self._lookup(data_df, scope, full_keys) if len(data_df) or full_keys else self._no_rows()
         data_keys = keyset.select(data_df, keys)
@@ -233,6 +237,29 @@ class DataTable:
             deleted = self._vanished(data_df, scope, existing if full_keys else None)
             self._delete_rows(deleted, now, write.write_store)
         return changed, deleted
+
+    def _covers(self, data_df: pd.DataFrame, scope: Optional[IndexDF], full_keys: bool, write: TableWrite) -> bool:
+        """Whether ``write`` may skip reading stored metadata: its rows go to the metadata database's
+        transaction, and nothing in its scope can be deleted (every key of the scope has a row)."""
+        if not len(data_df) or not write.write_store or not self.table_store.in_database(self.meta_dbconn):
+            return False
+        if scope is None:
+            return True
+        return full_keys and bool(keyset.isin(scope, data_df, self.primary_keys).all())
+
+    def _write_fresh(self, df: pd.DataFrame, now: float) -> Optional[IndexDF]:
+        """Write rows believed never recorded without reading the stored metadata first; their keys,
+        or None when some key was recorded after all (the caller then writes them the exact way: the
+        data rows written here are written again, the metadata rows are read and compared)."""
+        hashes = self.table_store.hash_rows(DataDF(df)).to_numpy()
+        self.table_store.insert_new_rows(DataDF(df))
+        if fault_hook is not None:
+            fault_hook("after_data_write", self)
+        meta_cols = [c for c in self.meta.meta_keys if c in df.columns]
+        if not self.meta.insert_new(keyset.select(df, [*self.primary_keys, *meta_cols]), hashes, now):
+            logger.debug("table %s: a key believed new was recorded; writing the batch the exact way", self.name)
+            return None
+        return IndexDF(keyset.select(df, self.primary_keys).reset_index(drop=True))
 
     def _no_rows(self) -> pd.DataFrame:
         return pd.DataFrame(columns=[*self.primary_keys, "hash", "create_ts", "delete_ts"])
@@ -334,7 +361,9 @@ class TableWrite:
     ``frame`` replaces what the table held for the keys of ``scope`` (rows of ``scope`` absent from
     ``frame`` are deleted; None deletes nothing). ``context`` prefixes error messages (e.g. the step
     and table); ``write_store=False`` records the rows in the metadata only (for stores written by
-    someone else, see ``UpdateExternalTable``).
+    someone else, see ``UpdateExternalTable``). ``fresh``: the table's keys are believed never
+    recorded (its metadata was empty when the run began), so the rows are inserted without reading
+    the stored metadata first; a key recorded after all is noticed and the write done the exact way.
     """
 
     table: DataTable
@@ -342,6 +371,7 @@ class TableWrite:
     scope: Optional[IndexDF] = None
     context: Optional[str] = None
     write_store: bool = True
+    fresh: bool = False
 
 
 def write_tables(

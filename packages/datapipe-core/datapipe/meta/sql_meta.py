@@ -62,7 +62,7 @@ from sqlalchemy import (
 from datapipe import keyset
 from datapipe.errors import ConfigError, DatapipeError, mask_url
 from datapipe.meta.versions import Snapshot, declare_counter, stamp_upsert, unseen_rows, version_value
-from datapipe.sql.bulk import bulk_upsert_values, value_kind
+from datapipe.sql.bulk import bulk_upsert_values, insert_new_values, value_kind
 from datapipe.sql.connection import DBConn
 from datapipe.sql.rows import (
     MAX_PARAMS,
@@ -247,18 +247,45 @@ class TableMeta:
         They get the write's ``version``; ``update_ts`` and ``process_ts`` become ``now`` and
         ``delete_ts`` NULL. ``new``: no key was recorded before (a cheaper insert, see ``sql.bulk``).
         """
-        n = len(keys)
-        if n == 0:
+        if len(keys) == 0:
             return
         self.require_upgraded()
-        cols = [c for c in self.sql_table.columns.keys() if c in keys.columns]
-        columns = [*cols, "hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
-        lists = [python_values(keys[c]) for c in cols]
-        lists += [hashes.tolist(), create_ts.tolist(), [now] * n, [now] * n, [None] * n]
-        kinds: List[str] = [str(keys[c].dtype.kind) for c in cols] + ["i", "f", "f", "f", "O"]
+        columns, lists, kinds = self._changed_rows(keys, hashes, create_ts.tolist(), now)
         with self.dbconn.begin() as con:
             version = stamp_upsert(con, columns, lists, kinds)
             bulk_upsert_values(con, self.sql_table, columns, lists, kinds, self.primary_keys, extra=version, new=new)
+
+    def insert_new(self, keys: pd.DataFrame, hashes: np.ndarray, now: float) -> bool:
+        """``upsert_changed`` of rows believed never recorded (``create_ts`` ``now``): True when none was.
+
+        False when some key has a row already; then some of the rows may be written (see
+        ``sql.bulk.insert_new_values``), and the caller must write them again with ``upsert_changed``
+        after reading what is stored.
+        """
+        if len(keys) == 0:
+            return True
+        self.require_upgraded()
+        columns, lists, kinds = self._changed_rows(keys, hashes, [now] * len(keys), now)
+        with self.dbconn.begin() as con:
+            version = stamp_upsert(con, columns, lists, kinds)
+            return insert_new_values(con, self.sql_table, columns, lists, kinds, self.primary_keys, extra=version)
+
+    def _changed_rows(
+        self, keys: pd.DataFrame, hashes: np.ndarray, create_ts: List[float], now: float
+    ) -> Tuple[List[str], List[List[Any]], List[str]]:
+        """Columns, value lists and dtype kinds of metadata rows for new or changed rows."""
+        n = len(keys)
+        cols = [c for c in self.sql_table.columns.keys() if c in keys.columns]
+        columns = [*cols, "hash", "create_ts", "update_ts", "process_ts", "delete_ts"]
+        lists = [python_values(keys[c]) for c in cols]
+        lists += [hashes.tolist(), create_ts, [now] * n, [now] * n, [None] * n]
+        kinds: List[str] = [str(keys[c].dtype.kind) for c in cols] + ["i", "f", "f", "f", "O"]
+        return columns, lists, kinds
+
+    def is_empty(self) -> bool:
+        """True when no row was ever recorded (live or deleted)."""
+        with self.dbconn.read() as con:
+            return con.execute(select(self.sql_table.c[self.primary_keys[0]]).limit(1)).first() is None
 
     def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any], versioned: bool = False) -> None:
         if len(idx) == 0:

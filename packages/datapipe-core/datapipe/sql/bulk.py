@@ -12,6 +12,8 @@ Rows the caller believes new (``new=True``: their keys were never recorded) are 
 PostgreSQL with a plain ``INSERT`` inside a savepoint, which costs the server about a third less
 than the speculative insertion of ``ON CONFLICT``; if a key exists after all (a unique violation),
 the savepoint is rolled back and the rows are upserted, so the belief is an optimisation only.
+``insert_new_values`` is the strict form: it reports whether every key was new and, when one was
+not, leaves nothing written, for callers that skipped reading what is stored (``TableWrite.fresh``).
 """
 
 from __future__ import annotations
@@ -88,22 +90,30 @@ def _conflict_clause(con: Connection, columns: Sequence[str], keys: Sequence[str
 
 
 def upsert_sql(
-    con: Connection, table: Table, columns: Sequence[str], keys: Sequence[str], extra: Optional[Dict[str, str]] = None
+    con: Connection,
+    table: Table,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    extra: Optional[Dict[str, str]] = None,
+    update: bool = True,
 ) -> str:
     """Positional ``INSERT ... ON CONFLICT`` text for the driver's paramstyle (cached).
 
     ``extra`` maps further columns to SQL expressions written into the statement (the same for every
-    row; Datapipe's own expressions only, never values from data).
+    row; Datapipe's own expressions only, never values from data). ``update=False``: rows whose key
+    exists are skipped (``DO NOTHING``), not updated.
     """
     extra = extra or {}
-    cache_key = ("upsert", con.dialect.name, con.dialect.paramstyle, table, tuple(columns), tuple(keys), *extra.items())
+    cache_key = ("upsert", con.dialect.name, con.dialect.paramstyle, table, tuple(columns), tuple(keys), update,
+                 *extra.items())
     sql = _SQL_CACHE.get(cache_key)
     if sql is None:
         mark = "?" if con.dialect.paramstyle == "qmark" else "%s"
         target = con.dialect.identifier_preparer.format_table(table)
         cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
         marks = ", ".join([mark] * len(columns) + list(extra.values()))
-        sql = f"INSERT INTO {target} ({cols}) VALUES ({marks})" + _conflict_clause(con, [*columns, *extra], keys)
+        conflict = _conflict_clause(con, [*columns, *extra] if update else [], keys)
+        sql = f"INSERT INTO {target} ({cols}) VALUES ({marks})" + conflict
         _SQL_CACHE[cache_key] = sql
     return sql
 
@@ -235,6 +245,7 @@ def _inserted(con: Connection, table: Table, rows: _UnnestRows, keys: Sequence[s
         _unnest_upsert(con, table, rows, keys, extra, upsert=False)
     except IntegrityError as e:
         con.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        con.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
         if getattr(e.orig, "sqlstate", None) != UNIQUE_VIOLATION:
             raise
         return False
@@ -292,6 +303,37 @@ def bulk_upsert_values(
             return
     sql = upsert_sql(con, table, columns, keys, extra)
     con.exec_driver_sql(sql, list(zip(*values)))  # type: ignore[arg-type]
+
+
+def insert_new_values(
+    con: Connection,
+    table: Table,
+    columns: Sequence[str],
+    values: List[List[Any]],
+    kinds: Sequence[str],
+    keys: Sequence[str],
+    extra: Optional[Dict[str, str]] = None,
+) -> bool:
+    """Insert rows believed new (``bulk_upsert_values`` arguments); True when every key was new.
+
+    False when some key exists; then nothing was written (the insert ran in a savepoint and was rolled
+    back), and the caller writes the rows the exact way, reading what is stored first.
+    """
+    if not values or len(values[0]) == 0:
+        return True
+    extra = extra or {}
+    values = [_processed(con, table, c, k, v) for c, k, v in zip(columns, kinds, values)]
+    if _is_psycopg3(con) and len(values[0]) >= UNNEST_MIN_ROWS:
+        types = _unnest_types(con, table, columns)
+        if types is not None:
+            return _inserted(con, table, _UnnestRows.of(columns, values, kinds, types), keys, extra)
+    sql = upsert_sql(con, table, columns, keys, extra, update=False)
+    con.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+    inserted = con.exec_driver_sql(sql, list(zip(*values))).rowcount  # type: ignore[arg-type]
+    if inserted != len(values[0]):  # ``DO NOTHING`` skipped a row whose key exists
+        con.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+    con.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    return bool(inserted == len(values[0]))
 
 
 # ---------------------------------------------------------------- key lists as one bound parameter

@@ -413,6 +413,7 @@ class BaseBatchTransformStep(ComputeStep):
             raise ConfigError(f"step {name!r}: order must be 'asc' or 'desc', got {order!r}")
         self.chunk_size = chunk_size
         self.fresh_keys = False  # during a first run: see _run_full
+        self.fresh_outputs: Set[str] = set()
         self.key_page_rows: Optional[int] = None  # None: settings.key_page_rows (see page_rows)
         self.filters = filters
         self.order_by = order_by
@@ -538,11 +539,14 @@ class BaseBatchTransformStep(ComputeStep):
             # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``);
             # not worth a round trip for a single batch
             self.fresh_keys = count > 1 and self.meta.is_empty()
+            if self.fresh_keys:  # and the outputs whose metadata is empty too: see TableWrite.fresh
+                self.fresh_outputs = {co.name for co in self.output_dts if co.dt.meta.is_empty()}
             try:
                 with self.meta.indexes_built_after(self.fresh_keys):
                     self._execute(ds, count, batches, run_config, executor, run, keep_changes=False)
             finally:
                 self.fresh_keys = False
+                self.fresh_outputs = set()
         if self.meta.can_advance_watermark(run_config):
             self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
@@ -704,7 +708,8 @@ class BaseBatchTransformStep(ComputeStep):
         keys per output."""
         now = time.time()
         writes = [
-            TableWrite(co.dt, frame, self._output_idx(co, idx), f"step {self.name!r}, result for table {co.name!r}")
+            TableWrite(co.dt, frame, self._output_idx(co, idx), f"step {self.name!r}, result for table {co.name!r}",
+                       fresh=co.name in self.fresh_outputs)
             for frame, co in zip(frames, self.output_dts)
         ]
         return ds.write(writes, now, then=lambda: self.meta.mark_success(idx, snapshot, now, self.fresh_keys))
