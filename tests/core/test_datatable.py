@@ -1,4 +1,5 @@
 import time
+from typing import List
 
 import pandas as pd
 import pytest
@@ -189,3 +190,54 @@ def test_a_fresh_write_of_new_keys_reports_them_all(ds, dbconn):
     assert_datatable_equal(t, rows)
     meta = _meta_of(t)
     assert (meta["create_ts"] == 100.0).all() and meta["delete_ts"].isna().all() and meta["version"].notna().all()
+
+
+def test_a_step_first_run_writes_in_pipeline_mode_on_postgres(ds, dbconn, make_catalog):
+    """PostgreSQL: a first run's units of work go out in pipeline mode (the statements do not wait for
+    each other); later runs, which read what is stored, do not."""
+    from sqlalchemy import event
+
+    from datapipe.compute import Pipeline, build_compute, run_steps
+    from datapipe.step.batch_transform import BatchTransform
+
+    if not dbconn.can_pipeline:
+        pytest.skip("pipeline mode is PostgreSQL through psycopg 3; SQLite writes in turn")
+    from psycopg import pq
+
+    catalog = make_catalog(inp=schema(), out=schema())
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(lambda d: d, ["inp"], ["out"], chunk_size=30)]))
+    ds.get_table("inp").store_chunk(df(range(100)))
+    modes: List[bool] = []
+
+    def inserts(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO out"):
+            modes.append(conn.connection.driver_connection.pgconn.pipeline_status != pq.PipelineStatus.OFF)
+
+    event.listen(dbconn.con, "before_cursor_execute", inserts)
+    try:
+        run_steps(ds, steps)
+        assert len(modes) == 8 and all(modes)  # 4 batches: data and metadata rows each
+        modes.clear()
+        ds.get_table("inp").store_chunk(df(range(50), prefix="w"))
+        run_steps(ds, steps)
+        assert modes and not any(modes)
+    finally:
+        event.remove(dbconn.con, "before_cursor_execute", inserts)
+    assert_datatable_equal(ds.get_table("out"), pd.concat([df(range(50), prefix="w"), df(range(50, 100))]))
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_failing_fresh_write_reports_the_same_error(ds, dbconn, fresh):
+    """A statement failing in a pipelined unit of work is written again the ordinary way, so the error
+    raised is the one the ordinary write raises, and nothing is left written."""
+    from sqlalchemy.exc import IntegrityError
+
+    from datapipe.datatable import TableWrite, write_tables
+
+    cols = [Column("id", Integer, primary_key=True), Column("a", String, nullable=False)]
+    t = ds.create_table("strict", TableStoreDB(dbconn, "strict", cols, create_table=True))
+    rows = df(range(40))
+    rows.loc[30, "a"] = None
+    with pytest.raises(IntegrityError, match="null value|NOT NULL"):
+        write_tables(dbconn, [TableWrite(t, rows, rows[["id"]], fresh=fresh)], now=100.0)
+    assert t.get_size() == 0 and len(t.table_store.read_rows()) == 0

@@ -390,6 +390,12 @@ def write_tables(
        metadata; then ``then()``, which records what the writes stand for (a step's processed keys).
        When a store shares the metadata database its rows commit in the same transaction.
 
+    On PostgreSQL, a unit of work whose writes are all ``fresh`` into the metadata database (a step's
+    first run) is first tried in pipeline mode (``DBConn.transaction(pipelined=True)``): the
+    statements go out without waiting for each other's results. Should anything fail (a key that was
+    recorded after all, a read that pipeline mode cannot serve), that attempt is rolled back whole and
+    the unit of work runs again the ordinary way, which also reports any error exactly.
+
     ``ValueError``, ``TypeError`` and ``StoreError`` are re-raised with the write's ``context`` in front.
     """
     now = time.time() if now is None else now
@@ -403,9 +409,30 @@ def write_tables(
         if write.write_store and len(write.frame) and not table.table_store.in_database(dbconn):
             with named(write.context):
                 table.meta.record_write_intent(keyset.select(write.frame, table.primary_keys), now)
+    if dbconn.can_pipeline and all(_writes_only(dbconn, write) for write in checked):
+        try:
+            return _unit_of_work(dbconn, checked, now, then, pipelined=True)
+        except Exception as e:  # noqa: BLE001 - rolled back; written again below, where errors are exact
+            logger.debug("pipelined unit of work failed (%s: %s); writing it again", type(e).__name__, e)
+    return _unit_of_work(dbconn, checked, now, then)
+
+
+def _writes_only(dbconn: DBConn, write: TableWrite) -> bool:
+    """A write that reads nothing when its keys are new (``TableWrite.fresh``) and whose rows go to the
+    metadata database, so a failed first attempt leaves nothing behind anywhere."""
+    return write.fresh and write.write_store and write.table.table_store.in_database(dbconn)
+
+
+def _unit_of_work(
+    dbconn: DBConn,
+    writes: Sequence[TableWrite],
+    now: float,
+    then: Optional[Callable[[], None]],
+    pipelined: bool = False,
+) -> List[Tuple[IndexDF, IndexDF]]:
     results = []
-    with dbconn.transaction():
-        for write in checked:
+    with dbconn.transaction(pipelined=pipelined):
+        for write in writes:
             with named(write.context):
                 results.append(write.table.apply_write(write, now))
         if then is not None:

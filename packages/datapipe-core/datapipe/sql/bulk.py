@@ -95,16 +95,17 @@ def upsert_sql(
     columns: Sequence[str],
     keys: Sequence[str],
     extra: Optional[Dict[str, str]] = None,
-    update: bool = True,
+    on_conflict: str = "update",
 ) -> str:
     """Positional ``INSERT ... ON CONFLICT`` text for the driver's paramstyle (cached).
 
     ``extra`` maps further columns to SQL expressions written into the statement (the same for every
-    row; Datapipe's own expressions only, never values from data). ``update=False``: rows whose key
-    exists are skipped (``DO NOTHING``), not updated.
+    row; Datapipe's own expressions only, never values from data). ``on_conflict``: what a row whose
+    key exists does: ``"update"`` the stored row, ``"nothing"`` (skipped), ``"error"`` (a plain
+    ``INSERT``: a unique violation).
     """
     extra = extra or {}
-    cache_key = ("upsert", con.dialect.name, con.dialect.paramstyle, table, tuple(columns), tuple(keys), update,
+    cache_key = ("upsert", con.dialect.name, con.dialect.paramstyle, table, tuple(columns), tuple(keys), on_conflict,
                  *extra.items())
     sql = _SQL_CACHE.get(cache_key)
     if sql is None:
@@ -112,7 +113,9 @@ def upsert_sql(
         target = con.dialect.identifier_preparer.format_table(table)
         cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
         marks = ", ".join([mark] * len(columns) + list(extra.values()))
-        conflict = _conflict_clause(con, [*columns, *extra] if update else [], keys)
+        conflict = "" if on_conflict == "error" else _conflict_clause(
+            con, [*columns, *extra] if on_conflict == "update" else [], keys
+        )
         sql = f"INSERT INTO {target} ({cols}) VALUES ({marks})" + conflict
         _SQL_CACHE[cache_key] = sql
     return sql
@@ -240,9 +243,15 @@ def _inserted(con: Connection, table: Table, rows: _UnnestRows, keys: Sequence[s
     The savepoint is plain SQL, not ``Connection.begin_nested()``: it lives for one statement, and
     SQLAlchemy's nested-transaction bookkeeping cost more client time than the statement's own.
     """
+    return _in_savepoint(con, lambda: _unnest_upsert(con, table, rows, keys, extra, upsert=False))
+
+
+def _in_savepoint(con: Connection, insert: Callable[[], Any]) -> bool:
+    """Run ``insert`` (a plain ``INSERT``) in a savepoint; False, with the savepoint rolled back, when
+    it violates a unique constraint (PostgreSQL ``23505``); other errors are raised."""
     con.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
     try:
-        _unnest_upsert(con, table, rows, keys, extra, upsert=False)
+        insert()
     except IntegrityError as e:
         con.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
         con.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
@@ -327,13 +336,16 @@ def insert_new_values(
         types = _unnest_types(con, table, columns)
         if types is not None:
             return _inserted(con, table, _UnnestRows.of(columns, values, kinds, types), keys, extra)
-    sql = upsert_sql(con, table, columns, keys, extra, update=False)
+    rows = list(zip(*values))
+    if _is_psycopg3(con):  # a plain INSERT: the row count is unknown in pipeline mode, an error is not
+        plain = upsert_sql(con, table, columns, keys, extra, "error")
+        return _in_savepoint(con, lambda: con.exec_driver_sql(plain, rows))  # type: ignore[arg-type]
     con.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
-    inserted = con.exec_driver_sql(sql, list(zip(*values))).rowcount  # type: ignore[arg-type]
-    if inserted != len(values[0]):  # ``DO NOTHING`` skipped a row whose key exists
+    inserted = con.exec_driver_sql(upsert_sql(con, table, columns, keys, extra, "nothing"), rows).rowcount  # type: ignore[arg-type]
+    if inserted != len(rows):  # ``DO NOTHING`` skipped a row whose key exists
         con.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
     con.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
-    return bool(inserted == len(values[0]))
+    return bool(inserted == len(rows))
 
 
 # ---------------------------------------------------------------- key lists as one bound parameter

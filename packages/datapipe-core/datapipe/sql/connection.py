@@ -241,8 +241,14 @@ class DBConn:
             raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """Run the block in one transaction shared by every write on this ``DBConn``."""
+    def transaction(self, pipelined: bool = False) -> Iterator[Connection]:
+        """Run the block in one transaction shared by every write on this ``DBConn``.
+
+        ``pipelined`` (PostgreSQL with psycopg 3, a new transaction only): the block's statements are
+        sent in pipeline mode, without waiting for each one's result, so the server runs a statement
+        while the client prepares the next. The block must only write, and an error of any statement
+        surfaces when the block ends (not where it was sent); see ``datatable.write_tables``.
+        """
         active = (_ACTIVE_TX.get() or {}).get(self.connstr)
         if active is not None:
             yield active
@@ -250,9 +256,18 @@ class DBConn:
         with self.begin() as con:
             token = _ACTIVE_TX.set({**(_ACTIVE_TX.get() or {}), self.connstr: con})
             try:
-                yield con
+                if pipelined and self.can_pipeline:
+                    with con.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+                        yield con
+                else:
+                    yield con
             finally:
                 _ACTIVE_TX.reset(token)
+
+    @property
+    def can_pipeline(self) -> bool:
+        """Whether ``transaction(pipelined=True)`` pipelines (PostgreSQL through psycopg 3)."""
+        return self.con.dialect.name == "postgresql" and self.con.dialect.driver == "psycopg"
 
     def get_table(
         self,
