@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import pandas as pd
 from sqlalchemy import and_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from datapipe import keyset
 from datapipe.errors import StoreError
@@ -412,7 +413,7 @@ def write_tables(
     if dbconn.can_pipeline and all(_writes_only(dbconn, write) for write in checked):
         try:
             return _unit_of_work(dbconn, checked, now, then, pipelined=True)
-        except Exception as e:  # noqa: BLE001 - rolled back; written again below, where errors are exact
+        except (SQLAlchemyError, StoreError) as e:  # rolled back: written again below, where errors are exact
             logger.debug("pipelined unit of work failed (%s: %s); writing it again", type(e).__name__, e)
     return _unit_of_work(dbconn, checked, now, then)
 

@@ -142,6 +142,27 @@ _ACTIVE_TX: contextvars.ContextVar[Optional[Dict[str, Connection]]] = contextvar
 )
 
 
+class PipelineFailed(StoreError):
+    """A statement sent in pipeline mode failed; raised when the pipeline ends (its transaction is
+    then rolled back). ``__cause__`` is the driver's error."""
+
+
+@contextmanager
+def _pipeline(con: Connection) -> Iterator[None]:
+    driver = con.connection.driver_connection
+    pipeline = driver.pipeline()  # type: ignore[union-attr]
+    pipeline.__enter__()
+    try:
+        yield
+    except BaseException as e:
+        pipeline.__exit__(type(e), e, e.__traceback__)
+        raise
+    try:
+        pipeline.__exit__(None, None, None)
+    except Exception as e:  # noqa: BLE001 - the driver's error of some statement sent earlier
+        raise PipelineFailed(f"a statement sent in pipeline mode failed: {type(e).__name__}: {e}") from e
+
+
 class DBConn:
     """A database the metadata (and optionally data) lives in.
 
@@ -253,11 +274,12 @@ class DBConn:
         if active is not None:
             yield active
             return
+        pipelined = pipelined and self.can_pipeline  # asked before this transaction counts as open
         with self.begin() as con:
             token = _ACTIVE_TX.set({**(_ACTIVE_TX.get() or {}), self.connstr: con})
             try:
-                if pipelined and self.can_pipeline:
-                    with con.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+                if pipelined:
+                    with _pipeline(con):
                         yield con
                 else:
                     yield con
@@ -266,7 +288,10 @@ class DBConn:
 
     @property
     def can_pipeline(self) -> bool:
-        """Whether ``transaction(pipelined=True)`` pipelines (PostgreSQL through psycopg 3)."""
+        """Whether ``transaction(pipelined=True)`` pipelines: PostgreSQL through psycopg 3, and no
+        transaction of this ``DBConn`` open in this context (a pipeline starts a transaction)."""
+        if (_ACTIVE_TX.get() or {}).get(self.connstr) is not None:
+            return False
         return self.con.dialect.name == "postgresql" and self.con.dialect.driver == "psycopg"
 
     def get_table(
