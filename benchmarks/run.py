@@ -172,14 +172,14 @@ def measure(dbs: Databases, kind: str, n: int, chunk: int) -> Dict[str, Any]:
     print(f"[{kind} N={n}] reruns ...", flush=True)
     dp.update(worker("dp_reruns", url, n, chunk))
     print(f"[{kind} N={n}] bare-driver floor ...", flush=True)
-    floor = worker("raw_floor", dbs.fresh(kind), n, 0)
+    floor = worker("raw_floor", dbs.fresh(kind), n)
     return {"db": kind, "n": n, "chunk_size": chunk, "datapipe": dp, "floor": floor}
 
 
 def measure_cross(dbs: Databases, kind: str, side: int, chunk: int) -> Dict[str, Any]:
     print(f"[{kind}] cross join {side} x {side} ...", flush=True)
     dp = worker("dp_cross", dbs.fresh(kind), side, chunk)
-    floor = worker("raw_floor", dbs.fresh(kind), 1, side)
+    floor = worker("raw_cross_floor", dbs.fresh(kind), side)
     return {"db": kind, "n": side * side, "side": side, "chunk_size": chunk, "datapipe": dp,
             "floor": {k: floor[k] for k in CROSS_PHASES}}
 

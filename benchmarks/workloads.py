@@ -364,7 +364,7 @@ def _rows(n: int, start: int = 0) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any
     return data, meta
 
 
-def raw_floor(url: str, n: int, side: int) -> Dict[str, float]:
+def raw_floor(url: str, n: int) -> Dict[str, float]:
     """Bare-driver time for the same work as each Datapipe phase (the floor).
 
     A first run writes new rows (COPY on PostgreSQL, ``executemany`` on SQLite, into empty tables). A
@@ -397,8 +397,6 @@ def raw_floor(url: str, n: int, side: int) -> Dict[str, float]:
                        + raw.upsert(step_meta, gone))
     res["rerun_1pct_changed"] = _median(changed)
     res["rerun_1pct_deleted"] = _median(deleted)
-    if side:
-        res.update(_cross_floor(raw, src, side))
     raw.con.close()
     return res
 
@@ -412,9 +410,12 @@ def _pair_rows(side: int, images: int, start_image: int = 0) -> Tuple[List[Tuple
     return data, [(m, i, 0, 1.0, 1.0, 1.0, None) for m, i in zip(models, image_ids)]
 
 
-def _cross_floor(raw: Raw, src: str, side: int) -> Dict[str, float]:
+def raw_cross_floor(url: str, side: int) -> Dict[str, float]:
     """The cross join: read both sides, write side² rows with the key (model_id, image_id) and two metadata
     rows each; then 1 % of the images changed: read them, overwrite their pairs' rows."""
+    raw = Raw(url)
+    src = raw.fresh_tables()[0]
+    raw.write(src, _rows(side)[0])
     keys = ("model_id", "image_id")
     pdata, pmeta = _pair_rows(side, side)
     out, out_meta = raw.fresh_tables(keys, ("score",))
@@ -425,6 +426,7 @@ def _cross_floor(raw: Raw, src: str, side: int) -> Dict[str, float]:
     kdata, kmeta = _pair_rows(side, max(1, int(side * CHANGE_FRACTION)))
     rerun = (raw.read_keys(src, side_ids) + raw.upsert(out, kdata) + raw.upsert(out_meta, kmeta)
              + raw.upsert(step_meta, kmeta))
+    raw.con.close()
     return {"cross_first_run": first, "cross_rerun_1pct_side": rerun}
 
 
@@ -434,4 +436,5 @@ WORKERS: Dict[str, Callable[..., Dict[str, float]]] = {
     "dp_reruns": dp_reruns,
     "dp_cross": dp_cross,
     "raw_floor": raw_floor,
+    "raw_cross_floor": raw_cross_floor,
 }
