@@ -341,8 +341,12 @@ class Raw:
         return time.perf_counter() - t
 
     def delete_keys(self, table: str, ids: List[int]) -> float:
+        """Delete the rows of ``ids`` in one statement (an array on PostgreSQL, a JSON list on SQLite)."""
         t = time.perf_counter()
-        self.cur.executemany(f"DELETE FROM {table} WHERE id = {self.ph}", [(i,) for i in ids])
+        if self.pg:
+            self.cur.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", (ids,))
+        else:
+            self.cur.execute(f"DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(?))", (str(ids),))
         self.con.commit()
         return time.perf_counter() - t
 
