@@ -241,3 +241,33 @@ def test_a_failing_fresh_write_reports_the_same_error(ds, dbconn, fresh):
     with pytest.raises(IntegrityError, match="null value|NOT NULL"):
         write_tables(dbconn, [TableWrite(t, rows, rows[["id"]], fresh=fresh)], now=100.0)
     assert t.get_size() == 0 and len(t.table_store.read_rows()) == 0
+
+
+def test_a_first_run_that_drops_keys_writes_the_ordinary_way(ds, dbconn, make_catalog):
+    """A batch whose function returns no row for some of its keys may have rows to delete, so it reads
+    what is stored first (no fresh insert, no pipeline) and its result is exact."""
+    from sqlalchemy import event
+
+    from datapipe.compute import Pipeline, build_compute, run_steps
+    from datapipe.step.batch_transform import BatchTransform
+
+    catalog = make_catalog(inp=schema(), out=schema())
+
+    def evens(d: pd.DataFrame) -> pd.DataFrame:
+        return d[d["id"] % 2 == 0]
+
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(evens, ["inp"], ["out"], chunk_size=30)]))
+    ds.get_table("inp").store_chunk(df(range(100)))
+    lookups: List[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("SELECT out_meta.id, out_meta.hash"):
+            lookups.append(statement)
+
+    event.listen(dbconn.con, "before_cursor_execute", count)
+    try:
+        run_steps(ds, steps)
+    finally:
+        event.remove(dbconn.con, "before_cursor_execute", count)
+    assert len(lookups) == 4  # one metadata read per batch, each done once
+    assert_datatable_equal(ds.get_table("out"), df(range(0, 100, 2)))

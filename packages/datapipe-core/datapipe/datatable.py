@@ -223,7 +223,7 @@ class DataTable:
         data_df, scope, keys = write.frame, write.scope, self.primary_keys
         has_scope = scope is not None and len(scope) > 0
         full_keys = scope is not None and has_scope and all(k in scope.columns for k in keys)
-        if write.fresh and self._covers(data_df, scope if has_scope else None, full_keys, write):
+        if write.fresh:  # checked by ``write_tables`` with ``writes_fresh``
             changed = self._write_fresh(data_df, now)
             if changed is not None:
                 return changed, IndexDF(changed.iloc[0:0])
@@ -239,14 +239,20 @@ class DataTable:
             self._delete_rows(deleted, now, write.write_store)
         return changed, deleted
 
-    def _covers(self, data_df: pd.DataFrame, scope: Optional[IndexDF], full_keys: bool, write: TableWrite) -> bool:
-        """Whether ``write`` may skip reading stored metadata: its rows go to the metadata database's
-        transaction, and nothing in its scope can be deleted (every key of the scope has a row)."""
-        if not len(data_df) or not write.write_store or not self.table_store.in_database(self.meta_dbconn):
+    def writes_fresh(self, write: TableWrite) -> bool:
+        """Whether ``write`` (``fresh``, validated) may skip reading the stored metadata: it has rows,
+        they go to the metadata database's transaction, and nothing in its scope can be deleted (every
+        key of the scope has a row)."""
+        data_df, scope = write.frame, write.scope
+        if not (write.fresh and len(data_df) and write.write_store):
             return False
-        if scope is None:
+        if not self.table_store.in_database(self.meta_dbconn):
+            return False
+        if scope is None or len(scope) == 0:
             return True
-        return full_keys and bool(keyset.isin(scope, data_df, self.primary_keys).all())
+        if not all(k in scope.columns for k in self.primary_keys):
+            return False
+        return bool(keyset.isin(scope, data_df, self.primary_keys).all())
 
     def _write_fresh(self, df: pd.DataFrame, now: float) -> Optional[IndexDF]:
         """Write rows believed never recorded without reading the stored metadata first; their keys,
@@ -391,11 +397,12 @@ def write_tables(
        metadata; then ``then()``, which records what the writes stand for (a step's processed keys).
        When a store shares the metadata database its rows commit in the same transaction.
 
-    On PostgreSQL, a unit of work whose writes are all ``fresh`` into the metadata database (a step's
-    first run) is first tried in pipeline mode (``DBConn.transaction(pipelined=True)``): the
-    statements go out without waiting for each other's results. Should anything fail (a key that was
-    recorded after all, a read that pipeline mode cannot serve), that attempt is rolled back whole and
-    the unit of work runs again the ordinary way, which also reports any error exactly.
+    A ``fresh`` write stays fresh only where ``DataTable.writes_fresh`` allows (rows into the metadata
+    database, nothing in its scope to delete). On PostgreSQL, a unit of work whose writes are all
+    fresh (a step's first run) is first tried in pipeline mode (``DBConn.transaction(pipelined=True)``):
+    it reads nothing, and its statements go out without waiting for each other's results. Should a
+    statement fail (a key that was recorded after all, bad data), that attempt is rolled back whole
+    and the unit of work runs again the ordinary way, which also reports any error exactly.
 
     ``ValueError``, ``TypeError`` and ``StoreError`` are re-raised with the write's ``context`` in front.
     """
@@ -405,23 +412,18 @@ def write_tables(
         with named(write.context):
             frame = write.table.check_chunk(write.frame, write.context)
         checked.append(replace(write, frame=frame))
+    checked = [replace(write, fresh=write.table.writes_fresh(write)) for write in checked]
     for write in checked:
         table = write.table
         if write.write_store and len(write.frame) and not table.table_store.in_database(dbconn):
             with named(write.context):
                 table.meta.record_write_intent(keyset.select(write.frame, table.primary_keys), now)
-    if dbconn.can_pipeline and all(_writes_only(dbconn, write) for write in checked):
+    if dbconn.can_pipeline and all(write.fresh for write in checked):
         try:
             return _unit_of_work(dbconn, checked, now, then, pipelined=True)
         except (SQLAlchemyError, StoreError) as e:  # rolled back: written again below, where errors are exact
             logger.debug("pipelined unit of work failed (%s: %s); writing it again", type(e).__name__, e)
     return _unit_of_work(dbconn, checked, now, then)
-
-
-def _writes_only(dbconn: DBConn, write: TableWrite) -> bool:
-    """A write that reads nothing when its keys are new (``TableWrite.fresh``) and whose rows go to the
-    metadata database, so a failed first attempt leaves nothing behind anywhere."""
-    return write.fresh and write.write_store and write.table.table_store.in_database(dbconn)
 
 
 def _unit_of_work(
