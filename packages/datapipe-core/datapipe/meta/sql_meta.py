@@ -258,9 +258,8 @@ class TableMeta:
     def insert_new(self, keys: pd.DataFrame, hashes: np.ndarray, now: float) -> bool:
         """``upsert_changed`` of rows believed never recorded (``create_ts`` ``now``): True when none was.
 
-        False when some key has a row already; then some of the rows may be written (see
-        ``sql.bulk.insert_new_values``), and the caller must write them again with ``upsert_changed``
-        after reading what is stored.
+        False when some key has a row already; then nothing was written (``sql.bulk.insert_new_values``),
+        and the caller writes the rows with ``upsert_changed`` after reading what is stored.
         """
         if len(keys) == 0:
             return True
