@@ -5,6 +5,8 @@ same database (any ``DBConn`` with the same URL, in this thread or task) goes th
 and commits or rolls back together: that is how a batch's data, output metadata and step state
 become durable at once. Outside it, ``begin()`` opens a short transaction per call and ``read()``
 an autocommit connection on PostgreSQL (one snapshot per statement, no BEGIN/COMMIT round trips).
+``transaction(pipelined=True)`` sends a write-only block in psycopg's pipeline mode; its errors
+surface as ``PipelineFailed`` when the block ends.
 
 Connection failures become ``StoreError`` with the URL's password masked. PostgreSQL pools check a
 connection's socket locally at checkout instead of ``pool_pre_ping``'s round trip.
