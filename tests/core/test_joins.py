@@ -149,6 +149,13 @@ def test_string_columns_pass_through_the_joined_read(dbconn):
     )
 
 
+def _indexed(dbconn: DBConn, table: str) -> List[List[str]]:
+    from sqlalchemy import inspect
+
+    with dbconn.read() as con:
+        return [ix["column_names"] for ix in inspect(con).get_indexes(table, schema=dbconn.schema)]
+
+
 def test_cross_join_indexes_processed_keys_by_the_non_leading_side(dbconn):
     """A change to an image re-queues every processed pair of that image, also pairs whose model is gone
     (the function may still produce rows for them); the lookup goes through an index on ``image_id``."""
@@ -170,10 +177,7 @@ def test_cross_join_indexes_processed_keys_by_the_non_leading_side(dbconn):
     pipeline = Pipeline([BatchTransform(predict, ["models", "images"], ["preds"], name="predict")])
     steps = build_compute(ds, catalog, pipeline)
     build_compute(ds, catalog, pipeline)  # declaring the step again finds the index in place
-    from sqlalchemy import inspect
-
-    with dbconn.read() as con:
-        indexed = [ix["column_names"] for ix in inspect(con).get_indexes("predict_meta", schema=dbconn.schema)]
+    indexed = _indexed(dbconn, "predict_meta")
     assert ["image_id"] in indexed and ["model_id"] not in indexed  # model_id leads the primary key
     assert steps[0].changes.previous_lookups() == [["image_id"]]
 
@@ -192,13 +196,6 @@ def test_cross_join_indexes_processed_keys_by_the_non_leading_side(dbconn):
     want.update({(1, 10): "X:a", (2, 10): "X:-"})
     got = preds.get_data()
     assert dict(zip(zip(got["model_id"], got["image_id"]), got["p"])) == want
-
-
-def _indexed(dbconn: DBConn, table: str) -> List[List[str]]:
-    from sqlalchemy import inspect
-
-    with dbconn.read() as con:
-        return [ix["column_names"] for ix in inspect(con).get_indexes(table, schema=dbconn.schema)]
 
 
 def test_first_run_builds_the_lookup_index_once_at_the_end(dbconn):

@@ -284,6 +284,17 @@ def value_kind(value: Any) -> str:
     return "O"
 
 
+def _as_unnest(
+    con: Connection, table: Table, columns: Sequence[str], values: List[List[Any]], kinds: Sequence[str]
+) -> Optional[_UnnestRows]:
+    """The rows for one ``INSERT ... SELECT FROM unnest`` (PostgreSQL through psycopg 3, at least
+    ``UNNEST_MIN_ROWS`` rows, column types that unnest); None: write them row by row."""
+    if not _is_psycopg3(con) or len(values[0]) < UNNEST_MIN_ROWS:
+        return None
+    types = _unnest_types(con, table, columns)
+    return None if types is None else _UnnestRows.of(columns, values, kinds, types)
+
+
 def bulk_upsert_values(
     con: Connection,
     table: Table,
@@ -303,13 +314,11 @@ def bulk_upsert_values(
         return
     extra = extra or {}
     values = [_processed(con, table, c, k, v) for c, k, v in zip(columns, kinds, values)]
-    if _is_psycopg3(con) and len(values[0]) >= UNNEST_MIN_ROWS:
-        types = _unnest_types(con, table, columns)
-        if types is not None:
-            rows = _UnnestRows.of(columns, values, kinds, types)
-            if not (new and _inserted(con, table, rows, keys, extra)):
-                _unnest_upsert(con, table, rows, keys, extra)
-            return
+    unnest = _as_unnest(con, table, columns, values, kinds)
+    if unnest is not None:
+        if not (new and _inserted(con, table, unnest, keys, extra)):
+            _unnest_upsert(con, table, unnest, keys, extra)
+        return
     sql = upsert_sql(con, table, columns, keys, extra)
     con.exec_driver_sql(sql, list(zip(*values)))  # type: ignore[arg-type]
 
@@ -332,10 +341,9 @@ def insert_new_values(
         return True
     extra = extra or {}
     values = [_processed(con, table, c, k, v) for c, k, v in zip(columns, kinds, values)]
-    if _is_psycopg3(con) and len(values[0]) >= UNNEST_MIN_ROWS:
-        types = _unnest_types(con, table, columns)
-        if types is not None:
-            return _inserted(con, table, _UnnestRows.of(columns, values, kinds, types), keys, extra)
+    unnest = _as_unnest(con, table, columns, values, kinds)
+    if unnest is not None:
+        return _inserted(con, table, unnest, keys, extra)
     rows = list(zip(*values))
     if _is_psycopg3(con):  # a plain INSERT: the row count is unknown in pipeline mode, an error is not
         plain = upsert_sql(con, table, columns, keys, extra, "error")
