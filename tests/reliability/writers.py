@@ -19,6 +19,7 @@ waits for a lock; on today's engine the key then looks processed (``process_ts``
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import random
@@ -35,7 +36,6 @@ from datapipe.compute import Catalog, ComputeStep, Pipeline, Table, build_comput
 from datapipe.datatable import DataStore, DataTable
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.store.database import DBConn, TableStoreDB
-from datapipe.store.table_store import StoreError
 
 WAIT = 20.0  # upper bound of every handshake wait (a bug must not hang the suite)
 StepFunc = Callable[..., pd.DataFrame]
@@ -91,25 +91,19 @@ def rows(ids: Any, fmt: str, col: str = "a") -> pd.DataFrame:
     return pd.DataFrame({"id": ids, col: [fmt.format(i) for i in ids]})
 
 
-def store(dt: DataTable, df: pd.DataFrame) -> None:
-    """``store_chunk`` without its return value (for ``retry_deadlock``)."""
-    dt.store_chunk(df)
+class ConflictRetries(logging.Handler):
+    """Counts the transactions the framework ran again after PostgreSQL aborted them (deadlock victims,
+    ``DBConn.retrying_conflicts``); a writer reports the count, the framework hides the aborts."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+        logging.getLogger("datapipe.sql").addHandler(self)
+        logging.getLogger("datapipe.sql").setLevel(logging.INFO)
 
-def retry_deadlock(write: Callable[[], None], attempts: int = 5) -> int:
-    """Run ``write`` (one transaction); retry it when PostgreSQL aborted it as a deadlock victim.
-
-    Writers of overlapping keys can deadlock each other on PostgreSQL; like any client, they retry the
-    rolled-back transaction. Returns the number of retries.
-    """
-    for attempt in range(attempts):
-        try:
-            write()
-            return attempt
-        except StoreError as e:
-            if "deadlock" not in str(e) or attempt == attempts - 1:
-                raise
-    return attempts
+    def emit(self, record: logging.LogRecord) -> None:
+        if "aborted by the database" in record.getMessage():
+            self.count += 1
 
 
 # ---------------------------------------------------------------- synchronisation objects
@@ -204,13 +198,13 @@ class Squeeze:
             def held() -> None:
                 with dbconn.transaction():
                     write(None)
-                    if first[0]:  # not again when retried after a deadlock
+                    if first[0]:  # not again when run again after a deadlock
                         first[0] = False
                         self.stamped.set()
                         self.batch_read.wait(WAIT)
                         self.batch_read.clear()
 
-            retry_deadlock(held)
+            dbconn.retrying_conflicts(held)
         self.committed.set()
         return True
 
@@ -288,17 +282,17 @@ def random_writer(
     rng = random.Random(seed)
     lo, hi = key_range
     go.wait(WAIT)
-    stats = {"stored": 0, "deleted": 0, "deadlock_retries": 0}
+    stats = {"stored": 0, "deleted": 0}
+    retries = ConflictRetries()
     for i in range(chunks):
-        ids = sorted(rng.sample(range(lo, hi), rng.randint(min_rows, max_rows)))
+        ids = rng.sample(range(lo, hi), rng.randint(min_rows, max_rows))  # unsorted: Datapipe orders the locks
         delete = rng.random() < 0.2
         if delete:
-            stats["deadlock_retries"] += retry_deadlock(lambda ids=ids: dt.delete_by_idx(pd.DataFrame({"id": ids})))
+            dt.delete_by_idx(pd.DataFrame({"id": ids}))
         else:
-            df = rows(ids, f"{tag}-{i}-{{}}", col)
-            stats["deadlock_retries"] += retry_deadlock(lambda df=df: store(dt, df))
+            dt.store_chunk(rows(ids, f"{tag}-{i}-{{}}", col))
         stats["deleted" if delete else "stored"] += len(ids)
-    return stats
+    return {**stats, "conflict_retries": retries.count}
 
 
 def trickle(url: str, go: Any, stop: Any) -> int:
@@ -408,7 +402,7 @@ def churn(url: str, keys: int, chunk: int, passes: int, fmt: str, kind: str = "o
     for p in range(passes):
         for lo in range(0, keys, chunk):
             df = rows(range(lo, min(lo + chunk, keys)), fmt.replace("{p}", str(p)), col)
-            retry_deadlock(lambda df=df: store(dt, df))
+            dt.store_chunk(df)
             n += 1
     return n
 

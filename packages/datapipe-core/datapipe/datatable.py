@@ -6,6 +6,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -315,10 +316,14 @@ class DataTable:
         """Delete the live rows among ``idx`` from the store and tombstone them in the metadata."""
         if len(idx) == 0:
             return
-        now = time.time() if now is None else now
-        with self.meta_dbconn.transaction():
-            existing = self.meta.get_existing_idx(IndexDF(idx[self.primary_keys]))
-            self._delete_rows(existing, now)
+        at = time.time() if now is None else now
+
+        def delete() -> None:
+            with self.meta_dbconn.transaction():
+                existing = self.meta.get_existing_idx(IndexDF(idx[self.primary_keys]))
+                self._delete_rows(IndexDF(keyset.sort(existing, self.primary_keys)), at)
+
+        self.meta_dbconn.retrying_conflicts(delete, f"deleting rows of table {self.name!r}")
 
     def delete_stale_by_process_ts(
         self,
@@ -332,18 +337,23 @@ class DataTable:
         With ``run_config.filters``, only rows matching the filters are deleted (a filtered run
         regenerates only part of the table, so rows outside it are not stale).
         """
-        now = time.time() if now is None else now
+        at = time.time() if now is None else now
         filters = run_config.filters if run_config is not None else None
         deleted: List[IndexDF] = []
         for chunk in self.meta.iter_stale_idx(process_ts):
             if filters:
                 chunk = self._matching(chunk, filters)
-            with self.meta_dbconn.transaction():
-                self._delete_rows(chunk, now, delete_store)
+            self.meta_dbconn.retrying_conflicts(
+                partial(self._delete_stale, chunk, at, delete_store), f"deleting stale rows of {self.name!r}"
+            )
             deleted.append(chunk)
         if not deleted:
             return IndexDF(pd.DataFrame(columns=self.primary_keys))
         return IndexDF(pd.concat(deleted, ignore_index=True))
+
+    def _delete_stale(self, idx: IndexDF, now: float, delete_store: bool) -> None:
+        with self.meta_dbconn.transaction():
+            self._delete_rows(idx, now, delete_store)
 
     def _matching(self, idx: IndexDF, filters: Any) -> IndexDF:
         """The keys of ``idx`` whose rows match ``filters`` (read from the store when a filter is not a key)."""
@@ -411,7 +421,7 @@ def write_tables(
     for write in writes:
         with named(write.context):
             frame = write.table.check_chunk(write.frame, write.context)
-        checked.append(replace(write, frame=frame))
+        checked.append(replace(write, frame=keyset.sort(frame, write.table.primary_keys)))
     checked = [replace(write, fresh=write.table.writes_fresh(write)) for write in checked]
     for write in checked:
         table = write.table
@@ -423,7 +433,8 @@ def write_tables(
             return _unit_of_work(dbconn, checked, now, then, pipelined=True)
         except (SQLAlchemyError, StoreError) as e:  # rolled back: written again below, where errors are exact
             logger.debug("pipelined unit of work failed (%s: %s); writing it again", type(e).__name__, e)
-    return _unit_of_work(dbconn, checked, now, then)
+    what = "writing " + ", ".join(write.context or f"table {write.table.name!r}" for write in checked)
+    return dbconn.retrying_conflicts(lambda: _unit_of_work(dbconn, checked, now, then), what)
 
 
 def _unit_of_work(

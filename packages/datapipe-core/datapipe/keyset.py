@@ -58,3 +58,13 @@ def unique_if_chunked(df: pd.DataFrame, chunk_rows: int) -> pd.DataFrame:
     One ``IN`` never returns a row twice, so duplicates matter only across chunks.
     """
     return df if len(df) <= chunk_rows else unique(df)
+
+
+def sort(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """``df`` ordered by its key columns (``df`` itself when it already is; a new frame, new index, if not).
+
+    Writers that lock rows in key order cannot deadlock each other (see ``datatable.write_tables``).
+    """
+    if len(df) < 2 or key_index(df, keys).is_monotonic_increasing:
+        return df
+    return df.sort_values(list(keys), kind="stable", ignore_index=True)

@@ -70,6 +70,7 @@ from datapipe.sql.rows import (
     insert_statement,
     key_chunks,
     key_filter,
+    locked_key_filter,
     python_values,
     rows_to_df,
     upsert_statement,
@@ -293,7 +294,8 @@ class TableMeta:
             if versioned:
                 values = {**values, "version": version_value(con)}
             for chunk in key_chunks(idx[self.primary_keys]):
-                con.execute(update(self.sql_table).where(key_filter(self.sql_table, chunk)).values(**values))
+                where = locked_key_filter(con, self.sql_table, chunk)
+                con.execute(update(self.sql_table).where(where).values(**values))
 
     def touch(self, idx: IndexDF, process_ts: float) -> None:
         """Record that a producer confirmed unchanged rows at ``process_ts``."""

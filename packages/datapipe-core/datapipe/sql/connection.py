@@ -8,6 +8,10 @@ an autocommit connection on PostgreSQL (one snapshot per statement, no BEGIN/COM
 ``transaction(pipelined=True)`` sends a write-only block in psycopg's pipeline mode; its errors
 surface as ``PipelineFailed`` when the block ends.
 
+Rows are locked in primary-key order (``sql.rows.locked_key_filter``; writes sort their rows), so
+writers of overlapping keys do not deadlock; ``retrying_conflicts`` runs a write again should the server
+abort it anyway (a deadlock with another application, a serialization failure).
+
 Connection failures become ``StoreError`` with the URL's password masked. PostgreSQL pools check a
 connection's socket locally at checkout instead of ``pool_pre_ping``'s round trip.
 """
@@ -15,9 +19,12 @@ connection's socket locally at checkout instead of ``pool_pre_ping``'s round tri
 from __future__ import annotations
 
 import contextvars
+import logging
+import random
 import select as io_select
+import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
 
 from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -25,6 +32,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuch
 
 from datapipe.errors import StoreError, mask_url
 from datapipe.sql.schema import check_existing_table, copy_column
+
+logger = logging.getLogger("datapipe.sql")
+T = TypeVar("T")
 
 URL_EXAMPLES = "e.g. sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
 
@@ -142,6 +152,32 @@ def _drop_dead_connection(dbapi_con: Any, _record: Any, _proxy: Any) -> None:
 _ACTIVE_TX: contextvars.ContextVar[Optional[Dict[str, Connection]]] = contextvars.ContextVar(
     "datapipe_active_tx", default=None
 )
+
+
+#: SQLSTATEs of a transaction the server aborted only because of other transactions (deadlock victim,
+#: serialization failure): running it again is the documented remedy.
+RETRYABLE_SQLSTATES = {"40P01", "40001"}
+CONFLICT_ATTEMPTS = 8
+
+
+def transient_conflict(error: BaseException) -> Optional[BaseException]:
+    """The driver's error behind ``error`` (it, or an error it was raised from) when that is a PostgreSQL
+    deadlock or serialization failure; else None."""
+    seen: set = set()
+    e: Optional[BaseException] = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for source in (e, getattr(e, "orig", None)):
+            code = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)  # psycopg 3 / psycopg2
+            if code in RETRYABLE_SQLSTATES:
+                return source
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def is_transient_conflict(error: BaseException) -> bool:
+    """Whether ``error`` comes from a PostgreSQL deadlock or serialization failure (see ``transient_conflict``)."""
+    return transient_conflict(error) is not None
 
 
 class PipelineFailed(StoreError):
@@ -288,11 +324,39 @@ class DBConn:
             finally:
                 _ACTIVE_TX.reset(token)
 
+    def in_transaction(self) -> bool:
+        """Whether a ``transaction()`` of this database is open in this context."""
+        return (_ACTIVE_TX.get() or {}).get(self.connstr) is not None
+
+    def retrying_conflicts(self, work: Callable[[], T], what: str = "transaction") -> T:
+        """``work()`` (which opens its own ``transaction()``), run again when PostgreSQL aborted it as
+        a deadlock victim or for a serialization failure, up to ``CONFLICT_ATTEMPTS`` times in all,
+        after a short random pause that grows with each attempt.
+
+        Writers of overlapping rows lock them in key order, so deadlocks are rare, but not impossible
+        (a key may be inserted by one writer and updated by another). Inside an enclosing
+        ``transaction()`` nothing is retried: the enclosing transaction is aborted, and its owner decides.
+        """
+        if self.in_transaction():
+            return work()
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return work()
+            except Exception as e:
+                cause = transient_conflict(e)
+                if attempt == CONFLICT_ATTEMPTS or cause is None:
+                    raise
+                pause = random.uniform(0.01, 0.05) * attempt
+                logger.info("%s aborted by the database (%s, attempt %d of %d); running it again in %.0f ms",
+                            what, type(cause).__name__, attempt, CONFLICT_ATTEMPTS, 1000 * pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
     @property
     def can_pipeline(self) -> bool:
         """Whether ``transaction(pipelined=True)`` pipelines: PostgreSQL through psycopg 3, and no
         transaction of this ``DBConn`` open in this context (a pipeline starts a transaction)."""
-        if (_ACTIVE_TX.get() or {}).get(self.connstr) is not None:
+        if self.in_transaction():
             return False
         return self.con.dialect.name == "postgresql" and self.con.dialect.driver == "psycopg"
 

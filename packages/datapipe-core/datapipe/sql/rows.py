@@ -6,7 +6,7 @@ from typing import Any, Iterator, List, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -38,6 +38,22 @@ def key_filter(table: Table, idx: pd.DataFrame) -> ColumnElement[bool]:
     if len(cols) == 1:
         return key_in(table.c[cols[0]], python_values(idx[cols[0]]))
     return key_tuple_in([table.c[c] for c in cols], [python_values(idx[c]) for c in cols])
+
+
+def locked_key_filter(con: Connection, table: Table, idx: pd.DataFrame) -> ColumnElement[bool]:
+    """``key_filter`` for an ``UPDATE`` or ``DELETE`` that may race other writers of the same rows.
+
+    On PostgreSQL the rows are first locked in primary-key order (``pk IN (SELECT pk ... ORDER BY pk
+    FOR UPDATE)``); a plain ``WHERE`` locks them in whatever order the plan visits them, and two
+    writers of overlapping keys that lock in different orders deadlock. Upserts lock in the order of
+    their rows, which ``datatable.write_tables`` sorts by key. SQLite: one writer at a time, no locks.
+    """
+    where = key_filter(table, idx)
+    if con.dialect.name != "postgresql":
+        return where
+    pk = list(table.primary_key.columns)
+    locked = select(*pk).where(where).order_by(*pk).with_for_update()
+    return pk[0].in_(locked) if len(pk) == 1 else tuple_(*pk).in_(locked)
 
 
 def fetch_rows(con: Connection, sql: Any) -> Sequence[Any]:

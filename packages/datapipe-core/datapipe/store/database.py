@@ -16,7 +16,7 @@ from datapipe.errors import mask_url
 from datapipe.run_config import RunConfig
 from datapipe.sql.bulk import bulk_upsert
 from datapipe.sql.connection import DBConn, no_table_creation, offline
-from datapipe.sql.rows import MAX_PARAMS, fetch_rows, key_chunks, key_filter, rows_to_df
+from datapipe.sql.rows import MAX_PARAMS, fetch_rows, key_chunks, key_filter, locked_key_filter, rows_to_df
 from datapipe.sql.schema import MetaKey, check_values, copy_column
 from datapipe.store.table_store import TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
@@ -128,7 +128,7 @@ class TableStoreDB(TableStore):
         keys = idx[[k for k in self.primary_keys if k in idx.columns]]
         with self.dbconn.begin() as con:
             for chunk in key_chunks(keys):
-                con.execute(self.data_table.delete().where(key_filter(self.data_table, chunk)))
+                con.execute(self.data_table.delete().where(locked_key_filter(con, self.data_table, chunk)))
 
     def read_rows(self, idx: Optional[IndexDF] = None) -> DataDF:
         sql = select(*[self.data_table.c[c] for c in self.columns])
