@@ -426,8 +426,9 @@ def write_tables(
     for write in checked:
         table = write.table
         if write.write_store and len(write.frame) and not table.table_store.in_database(dbconn):
+            intent = partial(table.meta.record_write_intent, keyset.select(write.frame, table.primary_keys), now)
             with named(write.context):
-                table.meta.record_write_intent(keyset.select(write.frame, table.primary_keys), now)
+                dbconn.retrying_conflicts(intent, f"noting the writes to {table.name!r}")
     if dbconn.can_pipeline and all(write.fresh for write in checked):
         try:
             return _unit_of_work(dbconn, checked, now, then, pipelined=True)
