@@ -113,8 +113,9 @@ class Breakdown:
 
 def _breakdown() -> Breakdown:
     from datapipe.datatable import DataStore
+    from datapipe.meta.step_meta import StepMeta
     from datapipe.sql.pages import MaterialisedRows
-    from datapipe.step.batch_transform import BaseBatchTransformStep, BatchTransformStep, StepMeta
+    from datapipe.step.batch_transform import BaseBatchTransformStep, BatchTransformStep
 
     b = Breakdown()
     b.wrap(StepMeta, "open_changed_keys", "change query (evaluate + hold keys)")
