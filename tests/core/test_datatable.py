@@ -194,7 +194,8 @@ def test_a_fresh_write_of_new_keys_reports_them_all(ds, dbconn):
 
 def test_a_step_first_run_writes_in_pipeline_mode_on_postgres(ds, dbconn, make_catalog):
     """PostgreSQL: a first run's units of work go out in pipeline mode (the statements do not wait for
-    each other); later runs, which read what is stored, do not."""
+    each other), without savepoints (a failure rolls the whole unit back); later runs, which read what
+    is stored, do not."""
     from sqlalchemy import event
 
     from datapipe.compute import Pipeline, build_compute, run_steps
@@ -208,15 +209,19 @@ def test_a_step_first_run_writes_in_pipeline_mode_on_postgres(ds, dbconn, make_c
     steps = build_compute(ds, catalog, Pipeline([BatchTransform(lambda d: d, ["inp"], ["out"], chunk_size=30)]))
     ds.get_table("inp").store_chunk(df(range(100)))
     modes: List[bool] = []
+    savepoints: List[str] = []
 
     def inserts(conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("INSERT INTO out"):
             modes.append(conn.connection.driver_connection.pgconn.pipeline_status != pq.PipelineStatus.OFF)
+        if "SAVEPOINT" in statement:
+            savepoints.append(statement)
 
     event.listen(dbconn.con, "before_cursor_execute", inserts)
     try:
         run_steps(ds, steps)
         assert len(modes) == 8 and all(modes)  # 4 batches: data and metadata rows each
+        assert savepoints == []
         modes.clear()
         ds.get_table("inp").store_chunk(df(range(50), prefix="w"))
         run_steps(ds, steps)

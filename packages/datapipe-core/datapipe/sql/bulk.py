@@ -253,7 +253,16 @@ def _inserted(con: Connection, table: Table, rows: _UnnestRows, keys: Sequence[s
 
 def _in_savepoint(con: Connection, insert: Callable[[], Any]) -> bool:
     """Run ``insert`` (a plain ``INSERT``) in a savepoint; False, with the savepoint rolled back, when
-    it violates a unique constraint (PostgreSQL ``23505``); other errors are raised."""
+    it violates a unique constraint (PostgreSQL ``23505``); other errors are raised.
+
+    In pipeline mode no savepoint is taken and True is returned: a statement's error surfaces only when
+    the pipeline ends, where the unit of work is rolled back whole and written again the ordinary way
+    (``datatable.write_tables``), so a savepoint could not catch it; it would only cost two statements
+    and a subtransaction.
+    """
+    if _pipelined(con):
+        insert()
+        return True
     con.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
     try:
         insert()
@@ -265,6 +274,12 @@ def _in_savepoint(con: Connection, insert: Callable[[], Any]) -> bool:
         return False
     con.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
     return True
+
+
+def _pipelined(con: Connection) -> bool:
+    """Whether ``con`` is a psycopg 3 connection in pipeline mode (``DBConn.transaction(pipelined=True)``)."""
+    pgconn = getattr(con.connection.driver_connection, "pgconn", None)
+    return pgconn is not None and bool(pgconn.pipeline_status)
 
 
 def bulk_upsert(
