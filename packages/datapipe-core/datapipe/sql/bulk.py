@@ -165,6 +165,11 @@ def key_array_literal(values: List[Any]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def _constant(values: List[Any]) -> bool:
+    """Whether a non-empty column holds one value in every row."""
+    return values.count(values[0]) == len(values)
+
+
 def _array_literal(values: List[Any], kind: str) -> Any:
     """A PostgreSQL array literal (text) for ``values`` when that is cheaper than the driver's dumper.
 
@@ -173,7 +178,7 @@ def _array_literal(values: List[Any], kind: str) -> Any:
     nulls = values.count(None)
     if nulls == len(values):
         return "{" + ",".join(["NULL"] * nulls) + "}"
-    if kind in "iufb" and not nulls and values.count(values[0]) == len(values):
+    if kind in "iufb" and not nulls and _constant(values):
         # a constant column (timestamps, flags of a batch): format the value once
         item = ("t" if values[0] else "f") if kind == "b" else repr(values[0])
         return "{" + ",".join([item] * len(values)) + "}"
@@ -205,7 +210,7 @@ class _UnnestRows:
     def of(cls, columns: Sequence[str], values: List[List[Any]], kinds: Sequence[str], types: List[str]
            ) -> _UnnestRows:
         # the first column is a key: it varies, and unnest needs one array at least
-        constant = [i > 0 and values[i].count(values[i][0]) == len(values[i]) for i in range(len(values))]
+        constant = [i > 0 and _constant(values[i]) for i in range(len(values))]
         order = [i for i, c in enumerate(constant) if not c] + [i for i, c in enumerate(constant) if c]
         varying = constant.count(False)
         # in the statement's text order: the constants (in the select list), then the arrays
@@ -355,7 +360,7 @@ def _json_each_upsert(
     rows. False (nothing written) when the rows do not have that shape."""
     if len(keys) != 1 or columns[0] != keys[0] or len(values[0]) < UNNEST_MIN_ROWS or not _one_key_type(values[0]):
         return False
-    if any(vals.count(vals[0]) != len(vals) for vals in values[1:]) or not _json_exact(values[0]):
+    if not all(map(_constant, values[1:])) or not _json_exact(values[0]):
         return False
     cache_key = ("json_each", table, tuple(columns), tuple(keys), *extra.items())
     sql = _SQL_CACHE.get(cache_key)

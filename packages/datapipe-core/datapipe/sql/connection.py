@@ -267,7 +267,7 @@ class DBConn:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A connection in a transaction: the shared one when inside ``transaction()``, else a new one."""
-        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
+        active = self._active()
         if active is not None:
             yield active
             return
@@ -285,7 +285,7 @@ class DBConn:
         autocommit mode: each statement still reads one consistent snapshot of committed data, exactly as
         under the default READ COMMITTED, without the BEGIN and COMMIT round trips of a transaction.
         """
-        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
+        active = self._active()
         if active is not None:
             yield active
             return
@@ -308,7 +308,7 @@ class DBConn:
         while the client prepares the next. The block must only write, and an error of any statement
         surfaces when the block ends (not where it was sent); see ``datatable.write_tables``.
         """
-        active = (_ACTIVE_TX.get() or {}).get(self.connstr)
+        active = self._active()
         if active is not None:
             yield active
             return
@@ -324,9 +324,13 @@ class DBConn:
             finally:
                 _ACTIVE_TX.reset(token)
 
+    def _active(self) -> Optional[Connection]:
+        """The connection of the ``transaction()`` of this database open in this context, if any."""
+        return (_ACTIVE_TX.get() or {}).get(self.connstr)
+
     def in_transaction(self) -> bool:
         """Whether a ``transaction()`` of this database is open in this context."""
-        return (_ACTIVE_TX.get() or {}).get(self.connstr) is not None
+        return self._active() is not None
 
     def retrying_conflicts(self, work: Callable[[], T], what: str = "transaction") -> T:
         """``work()`` (which opens its own ``transaction()``), run again when PostgreSQL aborted it as
