@@ -391,12 +391,25 @@ class TableWrite:
     fresh: bool = False
 
 
+WriteResults = List[Tuple[IndexDF, IndexDF]]
+
+
+@dataclass
+class StartedWrite:
+    """A unit of work started by ``start_writing_tables``: ``result()`` (call it once) returns its
+    ``(changed, deleted)`` keys per write or raises its error; ``in_flight``: the server may still be
+    writing it, and ``result()`` waits for the outcome."""
+
+    result: Callable[[], WriteResults]
+    in_flight: bool = False
+
+
 def write_tables(
     dbconn: DBConn,
     writes: Sequence[TableWrite],
     now: Optional[float] = None,
     then: Optional[Callable[[], None]] = None,
-) -> List[Tuple[IndexDF, IndexDF]]:
+) -> WriteResults:
     """The one way Datapipe writes tables: returns ``(changed, deleted)`` keys per write.
 
     1. every frame is validated (``DataTable.check_chunk``): bad input raises before anything is written;
@@ -409,49 +422,89 @@ def write_tables(
 
     A ``fresh`` write stays fresh only where ``DataTable.writes_fresh`` allows (rows into the metadata
     database, nothing in its scope to delete). On PostgreSQL, a unit of work whose writes are all
-    fresh (a step's first run) is first tried in pipeline mode (``DBConn.transaction(pipelined=True)``):
-    it reads nothing, and its statements go out without waiting for each other's results. Should a
-    statement fail (a key that was recorded after all, bad data), that attempt is rolled back whole
-    and the unit of work runs again the ordinary way, which also reports any error exactly.
+    fresh (a step's first run) is first sent in pipeline mode (``DBConn.send_pipelined``): it reads
+    nothing, and its statements go out without waiting for each other's results. Should a statement
+    fail (a key that was recorded after all, bad data), that attempt is rolled back whole and the unit
+    of work runs again the ordinary way, which also reports any error exactly.
 
     ``ValueError``, ``TypeError`` and ``StoreError`` are re-raised with the write's ``context`` in front.
     """
+    return start_writing_tables(dbconn, writes, now, then).result()
+
+
+def start_writing_tables(
+    dbconn: DBConn,
+    writes: Sequence[TableWrite],
+    now: Optional[float] = None,
+    then: Optional[Callable[[], None]] = None,
+) -> StartedWrite:
+    """``write_tables``, whose end may still be in flight on return (``StartedWrite.in_flight``): its
+    ``result()`` returns the results, or raises the error ``write_tables`` would raise.
+
+    Only a pipelined unit of work is left in flight (sent through its ``COMMIT``, its outcome unread);
+    meanwhile the caller may read and compute on other connections, e.g. prepare the next batch
+    (``SingleThreadExecutor``). Any other write is done before this returns, and errors raised here
+    are those of ``write_tables``.
+    """
     now = time.time() if now is None else now
-    checked = []
-    for write in writes:
-        with named(write.context):
-            frame = write.table.check_chunk(write.frame, write.context)
-        checked.append(replace(write, frame=keyset.sort(frame, write.table.primary_keys)))
-    checked = [replace(write, fresh=write.table.writes_fresh(write)) for write in checked]
+    checked = _checked(writes)
     for write in checked:
         table = write.table
         if write.write_store and len(write.frame) and not table.table_store.in_database(dbconn):
             intent = partial(table.meta.record_write_intent, keyset.select(write.frame, table.primary_keys), now)
             with named(write.context):
                 dbconn.retrying_conflicts(intent, f"noting the writes to {table.name!r}")
-    if dbconn.can_pipeline and all(write.fresh for write in checked):
-        try:
-            return _unit_of_work(dbconn, checked, now, then, pipelined=True)
-        except (SQLAlchemyError, StoreError) as e:  # rolled back: written again below, where errors are exact
-            logger.debug("pipelined unit of work failed (%s: %s); writing it again", type(e).__name__, e)
     what = "writing " + ", ".join(write.context or f"table {write.table.name!r}" for write in checked)
-    return dbconn.retrying_conflicts(lambda: _unit_of_work(dbconn, checked, now, then), what)
+
+    def ordinary() -> WriteResults:
+        return dbconn.retrying_conflicts(lambda: _unit_of_work(dbconn, checked, now, then), what)
+
+    if not (dbconn.can_pipeline and all(write.fresh for write in checked)):
+        results = ordinary()
+        return StartedWrite(lambda: results)
+    try:
+        results, pending = dbconn.send_pipelined(lambda: _apply_writes(checked, now, then))
+    except (SQLAlchemyError, StoreError) as e:  # rolled back: written again below, where errors are exact
+        logger.debug("pipelined unit of work failed (%s: %s); writing it again", type(e).__name__, e)
+        results = ordinary()
+        return StartedWrite(lambda: results)
+
+    def settle() -> WriteResults:
+        try:
+            pending.wait()
+        except (SQLAlchemyError, StoreError) as e:  # nothing committed (or unknown): written again, exactly
+            logger.debug("pipelined unit of work failed (%s: %s); writing it again", type(e).__name__, e)
+            return ordinary()
+        return results
+
+    return StartedWrite(settle, in_flight=True)
+
+
+def _checked(writes: Sequence[TableWrite]) -> List[TableWrite]:
+    """The writes with validated frames sorted by key (rows are locked in key order), ``fresh`` only
+    where the table allows it."""
+    checked = []
+    for write in writes:
+        with named(write.context):
+            frame = write.table.check_chunk(write.frame, write.context)
+        checked.append(replace(write, frame=keyset.sort(frame, write.table.primary_keys)))
+    return [replace(write, fresh=write.table.writes_fresh(write)) for write in checked]
 
 
 def _unit_of_work(
-    dbconn: DBConn,
-    writes: Sequence[TableWrite],
-    now: float,
-    then: Optional[Callable[[], None]],
-    pipelined: bool = False,
-) -> List[Tuple[IndexDF, IndexDF]]:
+    dbconn: DBConn, writes: Sequence[TableWrite], now: float, then: Optional[Callable[[], None]]
+) -> WriteResults:
+    with dbconn.transaction():
+        return _apply_writes(writes, now, then)
+
+
+def _apply_writes(writes: Sequence[TableWrite], now: float, then: Optional[Callable[[], None]]) -> WriteResults:
     results = []
-    with dbconn.transaction(pipelined=pipelined):
-        for write in writes:
-            with named(write.context):
-                results.append(write.table.apply_write(write, now))
-        if then is not None:
-            then()
+    for write in writes:
+        with named(write.context):
+            results.append(write.table.apply_write(write, now))
+    if then is not None:
+        then()
     return results
 
 
@@ -518,9 +571,15 @@ class DataStore:
 
     def write(
         self, writes: Sequence[TableWrite], now: Optional[float] = None, then: Optional[Callable[[], None]] = None
-    ) -> List[Tuple[IndexDF, IndexDF]]:
+    ) -> WriteResults:
         """One unit of work on this store's tables; see ``write_tables``."""
         return write_tables(self.meta_dbconn, writes, now, then)
+
+    def start_write(
+        self, writes: Sequence[TableWrite], now: Optional[float] = None, then: Optional[Callable[[], None]] = None
+    ) -> StartedWrite:
+        """``write``, whose end may still be in flight; see ``start_writing_tables``."""
+        return start_writing_tables(self.meta_dbconn, writes, now, then)
 
     def get_table(self, name: str) -> DataTable:
         if name not in self.tables:

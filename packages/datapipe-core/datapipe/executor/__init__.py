@@ -12,6 +12,12 @@ in different places. Batches may be prepared before earlier ones are written: ea
 snapshot before it reads, so whatever an earlier batch commits after a later one read is seen as
 a change by the next run (``datapipe.meta.versions``).
 
+A write may be left *in flight* (``PreparedBatch.in_flight``): on PostgreSQL a first run's unit of
+work is sent through its ``COMMIT`` in pipeline mode and its outcome read only by ``finish``.
+``SingleThreadExecutor`` then prepares the next batch (on other connections) before finishing this
+one, so the client reads and computes batch k+1 while the server writes batch k. A write that is
+not in flight is finished at once, as before.
+
 (Writing batch k on a writer thread while batch k+1 is prepared was tried and measured: with the
 GIL, the writer waits for the interpreter between statements, so client and server work did not
 overlap; it cost about 10 % more client CPU for no gain, and was removed.)
@@ -25,6 +31,7 @@ driver writes, so one process writes.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple
@@ -36,6 +43,8 @@ from datapipe.types import ChangeList, IndexDF
 if TYPE_CHECKING:
     from datapipe.datatable import DataStore
 
+logger = logging.getLogger("datapipe.executor")
+
 ProcessFn = Callable[["DataStore", IndexDF, Optional[RunConfig]], ChangeList]
 
 
@@ -45,14 +54,22 @@ class PreparedBatch(ABC):
     @abstractmethod
     def write(self) -> None:
         """Write the batch in one unit of work (it touches only the database and its own state); raises
-        whatever the write raises, and nothing is then committed."""
+        whatever the write raises, and nothing is then committed. The unit of work may still be in
+        flight on return (``in_flight``); ``finish`` learns its outcome."""
+
+    @property
+    def in_flight(self) -> bool:
+        """True after a ``write`` that returned before the database confirmed it (``finish`` waits for
+        the outcome); an executor may prepare other batches meanwhile. False by default."""
+        return False
 
     @abstractmethod
     def finish(self, error: Optional[Exception]) -> ChangeList:
-        """Called by the executor after ``write`` returned (``error`` None) or raised.
+        """Called by the executor, exactly once, after ``write`` returned (``error`` None) or raised.
 
-        Records a failure (the batch's keys, the error) and returns the batch's changes; raises only
-        under ``fail_fast`` or when the metadata store is unusable, like ``ProcessFn``.
+        Waits for a write still in flight; records a failure (the batch's keys, the error) and returns
+        the batch's changes; raises only under ``fail_fast`` or when the metadata store is unusable,
+        like ``ProcessFn``.
         """
 
 
@@ -163,9 +180,43 @@ class SingleThreadExecutor(Executor):
     ) -> ChangeList:
         changes = ChangeList()
         callback = run_config.callback if run_config is not None else None
-        for done, idx in enumerate(idx_gen, start=1):
-            batch = process_fn(ds, idx, run_config)
+        done = 0
+
+        def report(batch: ChangeList, rows: int) -> None:
+            nonlocal done
+            done += 1
             changes.extend(batch)
             if callback is not None:
-                callback.on_step_progress(step, done, idx_count, rows=len(idx), **batch_stats(batch))
+                callback.on_step_progress(step, done, idx_count, rows=rows, **batch_stats(batch))
+
+        if not isinstance(process_fn, BatchProcessor):
+            for idx in idx_gen:
+                report(process_fn(ds, idx, run_config), len(idx))
+            return changes
+        in_flight: Optional[Tuple[PreparedBatch, int]] = None
+        try:
+            for idx in idx_gen:
+                prepared = process_fn.prepare(ds, idx, run_config)  # while the previous batch is written
+                if in_flight is not None:
+                    previous, in_flight = in_flight, None
+                    report(previous[0].finish(None), previous[1])
+                error = write_prepared(prepared)
+                if error is None and prepared.in_flight:
+                    in_flight = (prepared, len(idx))
+                else:
+                    report(prepared.finish(error), len(idx))
+            if in_flight is not None:
+                previous, in_flight = in_flight, None
+                report(previous[0].finish(None), previous[1])
+        finally:
+            if in_flight is not None:  # stopped by an error: still learn (and record) the batch's outcome
+                _finish_quietly(in_flight[0])
         return changes
+
+
+def _finish_quietly(prepared: PreparedBatch) -> None:
+    """Finish a batch in flight while another error propagates; its own error is only logged."""
+    try:
+        prepared.finish(None)
+    except Exception as e:  # noqa: BLE001 - the error already propagating is the one to report
+        logger.warning("a batch written while the run stopped failed as well: %s: %s", type(e).__name__, e)

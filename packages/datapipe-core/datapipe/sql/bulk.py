@@ -260,10 +260,10 @@ def _in_savepoint(con: Connection, insert: Callable[[], Any]) -> bool:
     """Run ``insert`` (a plain ``INSERT``) in a savepoint; False, with the savepoint rolled back, when
     it violates a unique constraint (PostgreSQL ``23505``); other errors are raised.
 
-    In pipeline mode no savepoint is taken and True is returned: a statement's error surfaces only when
-    the pipeline ends, where the unit of work is rolled back whole and written again the ordinary way
-    (``datatable.write_tables``), so a savepoint could not catch it; it would only cost two statements
-    and a subtransaction.
+    In pipeline mode no savepoint is taken and True is returned: a statement's error surfaces only later
+    (``DBConn.send_pipelined``), when the unit of work is rolled back whole and written again the
+    ordinary way (``datatable.write_tables``), so a savepoint could not catch it; it would only cost
+    two statements and a subtransaction.
     """
     if _pipelined(con):
         insert()
@@ -282,7 +282,7 @@ def _in_savepoint(con: Connection, insert: Callable[[], Any]) -> bool:
 
 
 def _pipelined(con: Connection) -> bool:
-    """Whether ``con`` is a psycopg 3 connection in pipeline mode (``DBConn.transaction(pipelined=True)``)."""
+    """Whether ``con`` is a psycopg 3 connection in pipeline mode (``DBConn.send_pipelined``)."""
     pgconn = getattr(con.connection.driver_connection, "pgconn", None)
     return pgconn is not None and bool(pgconn.pipeline_status)
 

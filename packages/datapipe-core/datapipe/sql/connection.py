@@ -5,8 +5,10 @@ same database (any ``DBConn`` with the same URL, in this thread or task) goes th
 and commits or rolls back together: that is how a batch's data, output metadata and step state
 become durable at once. Outside it, ``begin()`` opens a short transaction per call and ``read()``
 an autocommit connection on PostgreSQL (one snapshot per statement, no BEGIN/COMMIT round trips).
-``transaction(pipelined=True)`` sends a write-only block in psycopg's pipeline mode; its errors
-surface as ``PipelineFailed`` when the block ends.
+``send_pipelined(work)`` runs a write-only block in psycopg's pipeline mode and sends it through its
+COMMIT without waiting for the server: the returned ``PendingCommit`` learns the outcome later, so
+the client may prepare the next batch while the server writes this one. Its errors surface as
+``PipelineFailed`` from ``PendingCommit.wait()``.
 
 Rows are locked in primary-key order (``sql.rows.locked_key_filter``; writes sort their rows), so
 writers of overlapping keys do not deadlock; ``retrying_conflicts`` runs a write again should the server
@@ -24,7 +26,7 @@ import random
 import select as io_select
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -181,24 +183,46 @@ def is_transient_conflict(error: BaseException) -> bool:
 
 
 class PipelineFailed(StoreError):
-    """A statement sent in pipeline mode failed; raised when the pipeline ends (its transaction is
-    then rolled back). ``__cause__`` is the driver's error."""
+    """A statement sent in pipeline mode failed, or its connection broke; raised by ``PendingCommit.wait``
+    (the transaction is then rolled back, or its outcome unknown). ``__cause__`` is the driver's error."""
 
 
-@contextmanager
-def _pipeline(con: Connection) -> Iterator[None]:
-    driver = con.connection.driver_connection
-    pipeline = driver.pipeline()  # type: ignore[union-attr]
-    pipeline.__enter__()
+class PendingCommit:
+    """A transaction sent in pipeline mode through its ``COMMIT``, whose outcome is not read yet.
+
+    The server runs the statements as they arrive and commits at the ``COMMIT``, or, after a failing
+    statement, skips the rest and rolls back: the transaction is all or nothing whether or not
+    anyone waits. ``wait()`` reads the replies and returns the transaction's pooled connection; call
+    it exactly once, also when giving up on the result.
+    """
+
+    def __init__(self, con: Connection, transaction: Any, pipeline: Any) -> None:
+        self.con, self.transaction, self.pipeline = con, transaction, pipeline
+
+    def wait(self) -> None:
+        """Return once the transaction committed. Raise ``PipelineFailed``, its ``__cause__`` the driver's
+        error, when a statement failed (nothing was committed) or the connection broke (the outcome is
+        then unknown: a caller writes again, idempotently)."""
+        try:
+            try:
+                self.pipeline.__exit__(None, None, None)
+            except Exception as e:  # noqa: BLE001 - the driver's error of some statement sent earlier
+                raise PipelineFailed(f"a statement sent in pipeline mode failed: {type(e).__name__}: {e}") from e
+            self.transaction.commit()  # the server has committed; this only closes SQLAlchemy's transaction
+        finally:
+            _release(self.con, self.transaction)
+
+
+def _release(con: Connection, transaction: Any) -> None:
+    """Roll back what is left of ``transaction`` and return ``con`` to the pool; a broken connection's
+    error is only logged (the caller raises the error that broke it)."""
     try:
-        yield
-    except BaseException as e:
-        pipeline.__exit__(type(e), e, e.__traceback__)
-        raise
-    try:
-        pipeline.__exit__(None, None, None)
-    except Exception as e:  # noqa: BLE001 - the driver's error of some statement sent earlier
-        raise PipelineFailed(f"a statement sent in pipeline mode failed: {type(e).__name__}: {e}") from e
+        if transaction.is_active:
+            transaction.rollback()
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        logger.debug("rolling back a pipelined transaction failed: %s: %s", type(e).__name__, e)
+    finally:
+        con.close()
 
 
 class DBConn:
@@ -300,29 +324,53 @@ class DBConn:
             raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
 
     @contextmanager
-    def transaction(self, pipelined: bool = False) -> Iterator[Connection]:
-        """Run the block in one transaction shared by every write on this ``DBConn``.
-
-        ``pipelined`` (PostgreSQL with psycopg 3, a new transaction only): the block's statements are
-        sent in pipeline mode, without waiting for each one's result, so the server runs a statement
-        while the client prepares the next. The block must only write, and an error of any statement
-        surfaces when the block ends (not where it was sent); see ``datatable.write_tables``.
-        """
+    def transaction(self) -> Iterator[Connection]:
+        """Run the block in one transaction shared by every write on this ``DBConn``."""
         active = self._active()
         if active is not None:
             yield active
             return
-        pipelined = pipelined and self.can_pipeline  # asked before this transaction counts as open
-        with self.begin() as con:
-            token = _ACTIVE_TX.set({**(_ACTIVE_TX.get() or {}), self.connstr: con})
-            try:
-                if pipelined:
-                    with _pipeline(con):
-                        yield con
-                else:
-                    yield con
-            finally:
-                _ACTIVE_TX.reset(token)
+        with self.begin() as con, self._shared(con):
+            yield con
+
+    @contextmanager
+    def _shared(self, con: Connection) -> Iterator[None]:
+        """Within the block, ``con`` is this context's ``transaction()`` of this database."""
+        token = _ACTIVE_TX.set({**(_ACTIVE_TX.get() or {}), self.connstr: con})
+        try:
+            yield
+        finally:
+            _ACTIVE_TX.reset(token)
+
+    def send_pipelined(self, work: Callable[[], T]) -> Tuple[T, PendingCommit]:
+        """Run ``work()`` as a ``transaction()`` in psycopg's pipeline mode and send it through its
+        ``COMMIT``, without waiting for the server's replies; ``PendingCommit.wait()`` reads them.
+
+        Only when ``can_pipeline``. ``work`` must only write (a read would wait for every reply); its
+        statements go out as it runs, so the server executes one while the client builds the next,
+        and the caller may go on (prepare the next batch, on another connection) while the server
+        finishes. A statement's error surfaces once its reply arrives: while ``work`` sends a later
+        statement (raised here, the transaction rolled back, like any error of ``work``), or from
+        ``wait()``.
+        """
+        if not self.can_pipeline:
+            raise RuntimeError(f"{self!r} cannot pipeline (PostgreSQL through psycopg 3, outside a transaction)")
+        try:
+            con = self.con.connect()
+            transaction = con.begin()
+        except OperationalError as e:
+            raise StoreError(f"database {mask_url(self.connstr)} failed: {e.orig}") from e
+        pipeline = con.connection.driver_connection.pipeline()  # type: ignore[union-attr]
+        try:
+            pipeline.__enter__()
+            with self._shared(con):
+                result = work()
+            con.exec_driver_sql("COMMIT")
+        except BaseException as e:
+            pipeline.__exit__(type(e), e, e.__traceback__)
+            _release(con, transaction)
+            raise
+        return result, PendingCommit(con, transaction, pipeline)
 
     def _active(self) -> Optional[Connection]:
         """The connection of the ``transaction()`` of this database open in this context, if any."""
@@ -358,8 +406,8 @@ class DBConn:
 
     @property
     def can_pipeline(self) -> bool:
-        """Whether ``transaction(pipelined=True)`` pipelines: PostgreSQL through psycopg 3, and no
-        transaction of this ``DBConn`` open in this context (a pipeline starts a transaction)."""
+        """Whether ``send_pipelined`` may be used: PostgreSQL through psycopg 3, and no transaction of
+        this ``DBConn`` open in this context (a pipeline starts a transaction)."""
         if self.in_transaction():
             return False
         return self.con.dialect.name == "postgresql" and self.con.dialect.driver == "psycopg"

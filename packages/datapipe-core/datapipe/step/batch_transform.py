@@ -47,7 +47,7 @@ from datapipe.compute import (
     resolve_outputs,
     step_name,
 )
-from datapipe.datatable import DataStore, TableWrite
+from datapipe.datatable import DataStore, StartedWrite, TableWrite
 from datapipe.errors import ConfigError
 from datapipe.executor import BatchProcessor, Executor, ExecutorConfig, PreparedBatch, SingleThreadExecutor
 from datapipe.meta.changes import GLOBAL_KEY, ChangeQuery, InputKeys, input_key_columns
@@ -558,13 +558,19 @@ class BaseBatchTransformStep(ComputeStep):
     ) -> List[Tuple[IndexDF, IndexDF]]:
         """The unit of work of a batch: outputs, their metadata, the keys as processed; ``(changed, deleted)``
         keys per output."""
+        return self.start_batch_write(ds, idx, frames, snapshot).result()
+
+    def start_batch_write(
+        self, ds: DataStore, idx: IndexDF, frames: List[pd.DataFrame], snapshot: Snapshot
+    ) -> StartedWrite:
+        """``write_batch_result``, whose end may still be in flight (``DataStore.start_write``)."""
         now = time.time()
         writes = [
             TableWrite(co.dt, frame, self._output_idx(co, idx), f"step {self.name!r}, result for table {co.name!r}",
                        fresh=co.name in self.fresh_outputs)
             for frame, co in zip(frames, self.output_dts)
         ]
-        return ds.write(writes, now, then=lambda: self.meta.mark_success(idx, snapshot, now, self.fresh_keys))
+        return ds.start_write(writes, now, then=lambda: self.meta.mark_success(idx, snapshot, now, self.fresh_keys))
 
     def batch_changes(self, results: List[Tuple[IndexDF, IndexDF]]) -> ChangeList:
         changes = ChangeList()
@@ -698,6 +704,10 @@ class _Counted(PreparedBatch):
     def write(self) -> None:
         self.prepared.write()
 
+    @property
+    def in_flight(self) -> bool:
+        return self.prepared.in_flight
+
     def finish(self, error: Optional[Exception]) -> ChangeList:
         changes = self.prepared.finish(error)
         return ChangeCounts(changes.key_count(), changes.deleted_count)
@@ -717,15 +727,25 @@ class _BatchWrite(PreparedBatch):
     ) -> None:
         self.step, self.ds, self.idx, self.frames, self.snapshot = step, ds, idx, frames, snapshot
         self.run_config = run_config
-        self.results: List[Tuple[IndexDF, IndexDF]] = []
+        self.started: Optional[StartedWrite] = None
 
     def write(self) -> None:
-        self.results = self.step.write_batch_result(self.ds, self.idx, self.frames, self.snapshot)
+        self.started = self.step.start_batch_write(self.ds, self.idx, self.frames, self.snapshot)
+
+    @property
+    def in_flight(self) -> bool:
+        return self.started is not None and self.started.in_flight
 
     def finish(self, error: Optional[Exception]) -> ChangeList:
+        if error is None:
+            assert self.started is not None, "finish() before write()"
+            try:
+                results = self.started.result()
+            except Exception as e:  # noqa: BLE001 - recorded as the batch's failure, like an error of write()
+                error = e
         if error is not None:
             return self.step._record_failure(self.idx, error, self.run_config)
-        return self.step.batch_changes(self.results)
+        return self.step.batch_changes(results)
 
 
 def _bind(
