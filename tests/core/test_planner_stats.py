@@ -42,3 +42,41 @@ def _flush_statistics(dbconn) -> None:
     """Make the pending table statistics of this process's connections visible: PostgreSQL 15 flushes a
     backend's statistics lazily (within seconds), and at once when the connection closes."""
     dbconn.con.dispose()
+
+
+def test_the_data_table_a_step_reads_joined_to_its_metadata_is_analyzed_too(ds, dbconn, make_catalog):
+    """``annotations(item_id, ann_id)`` read under transform key ``item_id`` is read joined to its live
+    metadata (``DataTable.get_live_data``); the plan of that join depends on the data table's
+    statistics, so a stale one is analyzed with the metadata. ``items`` is read by full key: left alone."""
+    item = [Column("item_id", Integer, primary_key=True), Column("w", Integer)]
+    ann = [Column("item_id", Integer, primary_key=True), Column("ann_id", Integer, primary_key=True),
+           Column("score", Integer)]
+    catalog = make_catalog(items=item, annotations=ann, stats=[Column("item_id", Integer, primary_key=True),
+                                                               Column("n", Integer)])
+
+    def count(items: pd.DataFrame, anns: pd.DataFrame) -> pd.DataFrame:
+        return anns.groupby("item_id", as_index=False).size().rename(columns={"size": "n"})
+
+    step = BatchTransform(count, ["items", "annotations"], ["stats"], transform_keys=["item_id"], name="count")
+    steps = build_compute(ds, catalog, Pipeline([step]))
+    items_data = ds.get_table("items").table_store.data_table
+    anns_data = ds.get_table("annotations").table_store.data_table
+    assert [t.name for t in steps[0].meta.joined_data] == ["annotations"]
+    n = 3 * STALE_MIN_ROWS
+    if not dbconn.is_sqlite:
+        with dbconn.begin() as con:
+            for table in (items_data, anns_data):
+                con.exec_driver_sql(f"ALTER TABLE {table.name} SET (autovacuum_enabled = false)")
+    ds.get_table("items").store_chunk(pd.DataFrame({"item_id": range(n), "w": 1}))
+    ds.get_table("annotations").store_chunk(
+        pd.DataFrame({"item_id": [i // 2 for i in range(2 * n)], "ann_id": [i % 2 for i in range(2 * n)], "score": 1})
+    )
+    if not dbconn.is_sqlite:
+        _flush_statistics(dbconn)
+        assert stale_tables(dbconn, [items_data, anns_data]) == [items_data, anns_data]
+    run_steps(ds, steps)
+    out = ds.get_table("stats").get_data()
+    assert len(out) == n and out["n"].eq(2).all()
+    if not dbconn.is_sqlite:
+        _flush_statistics(dbconn)
+        assert stale_tables(dbconn, [items_data, anns_data]) == [items_data]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, select
+from sqlalchemy import Table, and_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from datapipe import keyset
@@ -82,25 +82,40 @@ class DataTable:
         """Number of live rows, from the metadata."""
         return self.meta.get_size()
 
+    @property
+    def live_data_table(self) -> Optional[Table]:
+        """The SQL table ``get_live_data`` joins to the metadata; None when the store is not an SQL table
+        in the metadata database."""
+        store = self.table_store
+        if not isinstance(store, TableStoreDB) or not store.in_database(self.meta.dbconn):
+            return None
+        return store.data_table
+
     def get_live_data(self, keys: pd.DataFrame) -> Optional[DataDF]:
         """Rows whose live metadata matches ``keys`` (some key or ``MetaKey`` columns), in one query
         joining the store's table to the metadata table; None when the store is not an SQL table in
         the metadata database (then look the keys up with ``meta.get_existing_idx`` first)."""
-        store = self.table_store
-        if not isinstance(store, TableStoreDB) or not store.in_database(self.meta.dbconn):
+        d, m = self.live_data_table, self.meta.sql_table
+        if d is None:
             return None
-        d, m = store.data_table, self.meta.sql_table
+        columns = [str(c.name) for c in d.columns]
         sql = (
-            select(*[d.c[c] for c in store.columns])
+            select(*[d.c[c] for c in columns])
             .select_from(d.join(m, and_(*[d.c[k] == m.c[k] for k in self.primary_keys])))
             .where(m.c.delete_ts.is_(None))
         )
+        # PostgreSQL: the keys narrow the data table too, so that it is read by an index scan rather than
+        # looked up row by row (SQLite drives the join from one side anyway and only pays for the second filter)
+        data_keys = [] if self.meta.dbconn.is_sqlite else [c for c in keys.columns if c in self.primary_keys]
         rows: List[Any] = []
         if len(keys):
             with self.meta.dbconn.read() as con:
                 for chunk in key_chunks(keys):
-                    rows.extend(fetch_rows(con, sql.where(key_filter(m, chunk))))
-        return DataDF(rows_to_df(rows, store.columns))
+                    where = key_filter(m, chunk)
+                    if data_keys:
+                        where = and_(where, key_filter(d, chunk[data_keys]))
+                    rows.extend(fetch_rows(con, sql.where(where)))
+        return DataDF(rows_to_df(rows, columns))
 
     # ---------------------------------------------------------------- validation
 

@@ -1,4 +1,4 @@
-"""Planner statistics of metadata tables on PostgreSQL.
+"""Planner statistics of metadata tables (and of data tables joined to them) on PostgreSQL.
 
 The change query (``datapipe.meta.changes``) joins the few changed input rows to the step's
 metadata by key. PostgreSQL plans that well (a nested loop over the key index) only when its
@@ -8,9 +8,15 @@ match, and it hashes the whole step metadata instead: at a million keys, a rerun
 inputs changed then spends most of its time in a sequential scan. Autovacuum re-analyzes such a
 table eventually (after up to a minute by default), which is too late for the run that follows.
 
+The same holds for an input the step's batches read joined to its metadata (``annotations(item_id,
+ann_id)`` under transform key ``item_id``, ``DataTable.get_live_data``): unanalyzed, the planner
+looks its rows up one by one; analyzed only by autovacuum in the middle of a run, the join it
+chose could turn into a scan of the whole data table per batch.
+
 So before a step's change query, ``refresh_stale_statistics`` asks ``pg_stat_user_tables`` (one
-small query) which of the tables it will read changed by at least ``STALE_FRACTION`` of their rows
-since they were last analyzed, and analyzes those. ANALYZE samples a bounded number of rows, so it
+small query) which of the tables it will read (its metadata tables and those joined data tables,
+``StepMeta.joined_data``) changed by at least ``STALE_FRACTION`` of their rows since they were
+last analyzed, and analyzes those. ANALYZE samples a bounded number of rows, so it
 costs tens of milliseconds whatever the table size; it waits at most ``LOCK_TIMEOUT`` for a
 concurrent ANALYZE or VACUUM and is skipped otherwise. Nothing happens on SQLite, whose planner
 does not rely on statistics for these queries. (PostgreSQL counts a backend's changes when it
@@ -53,7 +59,7 @@ def stale_tables(dbconn: DBConn, tables: Sequence[Table]) -> List[Table]:
 
 
 def refresh_stale_statistics(dbconn: DBConn, tables: Sequence[Table]) -> None:
-    """ANALYZE those of ``tables`` (metadata tables of ``dbconn``) whose statistics are stale."""
+    """ANALYZE those of ``tables`` (tables of ``dbconn``) whose statistics are stale."""
     for table in stale_tables(dbconn, tables):
         try:
             with dbconn.begin() as con:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
-from sqlalchemy import Index
+from sqlalchemy import Index, Table
 from sqlalchemy import inspect as inspect_db
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
@@ -49,7 +49,6 @@ def normalise_filters(filters: Filters) -> List[LabelDict]:
     return list(filters)  # type: ignore[arg-type]
 
 
-
 class StepMeta(TransformMeta):
     """A batch step's processing state and its change query: which keys are pending.
 
@@ -63,9 +62,20 @@ class StepMeta(TransformMeta):
     descending: bool = False
     lookup_indexes: Sequence[Index] = ()  # see ensure_indexes
     may_create_indexes: bool = False
+    joined_data: Sequence[Table] = ()  # see plan
 
-    def plan(self, changes: ChangeQuery, filters: Filters, order_by: Optional[List[str]], descending: bool) -> None:
+    def plan(
+        self,
+        changes: ChangeQuery,
+        filters: Filters,
+        order_by: Optional[List[str]],
+        descending: bool,
+        joined_data: Sequence[Table] = (),
+    ) -> None:
+        """What the step's change query covers; ``joined_data``: the SQL data tables its batches read
+        joined to their metadata (``DataTable.get_live_data``), analyzed with the metadata when stale."""
         self.changes, self.filters, self.order_by, self.descending = changes, filters, order_by, descending
+        self.joined_data = list(joined_data)
 
     def ensure_indexes(self, column_sets: List[List[str]], create: bool) -> None:
         """Declare (and with ``create``, create if missing) an index on each of ``column_sets``."""
@@ -147,7 +157,8 @@ class StepMeta(TransformMeta):
     def _changed_query(self, run_config: Optional[RunConfig]) -> Tuple[Optional[Select[Any]], Snapshot]:
         """The change query of a full run, and the snapshot taken before it is evaluated."""
         self.require_upgraded()
-        refresh_stale_statistics(self.dbconn, [self.sql_table, *[inp.meta.sql_table for inp in self.changes.inputs]])
+        metadata = [self.sql_table, *[inp.meta.sql_table for inp in self.changes.inputs]]
+        refresh_stale_statistics(self.dbconn, [*metadata, *self.joined_data])
         snapshot = take_snapshot(self.dbconn)  # before the query: what it may miss stays unseen
         query = self.changes.build(
             self.changes.window_wheres(self.get_watermarks()),

@@ -291,8 +291,18 @@ class BaseBatchTransformStep(ComputeStep):
                 for ci, cols in zip(self.input_dts, self.input_columns)
             ],
         )
-        self.meta.plan(self.changes, filters, order_by, order == "desc")
+        self.meta.plan(self.changes, filters, order_by, order == "desc", self._joined_data())
         self.meta.ensure_indexes(self.changes.previous_lookups(), ds.create_meta_table)
+
+    def _joined_data(self) -> List[Any]:
+        """The SQL tables of the inputs that ``read_input`` reads joined to their metadata (the transform
+        keys give only part of their key)."""
+        tables = []
+        for ci, cols in zip(self.input_dts, self.input_columns):
+            table = ci.dt.live_data_table
+            if cols and table is not None and not set(ci.dt.primary_keys) <= set(cols.values()):
+                tables.append(table)
+        return tables
 
     @property
     def output_specs(self) -> List[ComputeOutput]:
