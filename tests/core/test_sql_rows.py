@@ -28,3 +28,11 @@ def test_rows_to_df_builds_the_dtypes_pandas_infers_from_the_values(values):
 def test_rows_to_df_without_rows_has_the_columns():
     df = rows_to_df([], ["a", "b"])
     assert list(df.columns) == ["a", "b"] and len(df) == 0
+
+
+@pytest.mark.parametrize("n_rows, n_cols", [(5, 1), (5, 6), (30_000, 2), (30_000, 6), (1000, 6)])
+def test_rows_to_df_transposes_short_and_long_results_alike(n_rows, n_cols):
+    """Few columns or many rows go column by column, others through ``zip(*rows)``: the same frame."""
+    rows = [tuple(i * 10 + c if c % 2 == 0 else f"r{i}c{c}" for c in range(n_cols)) for i in range(n_rows)]
+    columns = [f"c{c}" for c in range(n_cols)]
+    pd.testing.assert_frame_equal(rows_to_df(rows, columns), pd.DataFrame(rows, columns=columns))

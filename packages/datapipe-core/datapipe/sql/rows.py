@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Iterator, List, Sequence
 
 import numpy as np
@@ -87,12 +88,21 @@ _NUMBERS = {int, float}
 _BOOLS = {bool}
 
 
+def _transposed(rows: Sequence[Any], n: int) -> List[Sequence[Any]]:
+    """The values of ``rows`` column by column. ``zip(*rows)`` passes every row to ``zip`` as an argument:
+    quickest for some thousands of rows of many columns, but long results of few columns (a page of
+    100 000 keys: 11 ms against 1.4) go faster one pass per column."""
+    if n <= 3 or len(rows) > 20_000:
+        return [list(map(itemgetter(i), rows)) for i in range(n)]
+    return list(zip(*rows))
+
+
 def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     # column-wise, numeric columns as numpy arrays (``_column``): about twice as fast as letting pandas
     # split the driver's tuples (``pd.DataFrame(rows)``) and far cheaper than from_records over Row objects
-    return pd.DataFrame(dict(zip(columns, map(_column, zip(*rows)))))
+    return pd.DataFrame(dict(zip(columns, map(_column, _transposed(rows, len(columns))))))
 
 
 def insert_statement(con: Connection, table: Table) -> Any:
