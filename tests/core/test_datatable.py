@@ -54,6 +54,26 @@ def test_processed_idx_deletes_missing_rows(dt):
     assert pd.isna(meta.loc[4, "delete_ts"])
 
 
+def test_a_write_of_only_deletions_tombstones_the_live_keys_of_its_scope(ds, dt, dbconn):
+    """No rows, only a scope: the keys of the scope that are live or an unconfirmed write are deleted and
+    reported; keys deleted before keep their tombstone (and version), keys outside the scope stay."""
+    from datapipe.datatable import TableWrite, write_tables
+
+    dt.store_chunk(df(range(8)), now=100.0)
+    dt.delete_by_idx(pd.DataFrame({"id": [0, 1]}), now=150.0)
+    dt.meta.record_write_intent(pd.DataFrame({"id": [9]}), now=160.0)  # a write that never landed
+    before = _meta_of(dt)
+    scope = pd.DataFrame({"id": [5, 0, 9, 3, 1, 2, 42]})
+    [(changed, deleted)] = write_tables(dbconn, [TableWrite(dt, df([]), scope)], now=200.0)
+    assert len(changed) == 0 and list(deleted["id"]) == [2, 3, 5, 9]
+    assert_datatable_equal(dt, df([4, 6, 7]))
+    after = _meta_of(dt)
+    assert after.loc[[2, 3, 5, 9], "delete_ts"].eq(200.0).all() and after.loc[[2, 3, 5, 9], "hash"].eq(0).all()
+    assert after.loc[2, "version"] > before.loc[7, "version"]  # a new version: downstream sees the deletion
+    pd.testing.assert_frame_equal(after.loc[[0, 1, 4, 6, 7]], before.loc[[0, 1, 4, 6, 7]], check_dtype=False)
+    assert 42 not in after.index
+
+
 def test_deleted_row_comes_back(dt):
     dt.store_chunk(df([1]), now=100.0)
     dt.delete_by_idx(pd.DataFrame({"id": [1]}), now=150.0)

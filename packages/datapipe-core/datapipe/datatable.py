@@ -230,6 +230,17 @@ class DataTable:
                 fault_hook("after_data_delete", self)
         self.meta.mark_deleted(idx, now)
 
+    def _delete_live(self, idx: IndexDF, now: float, delete_store: bool) -> IndexDF:
+        """Tombstone the live (or unconfirmed) keys among ``idx``, then delete their rows from the store
+        (unless ``delete_store`` is False); return those keys. Both happen before the unit of work
+        commits, so their order does not matter to a crash."""
+        deleted = self.meta.mark_deleted_live(idx, now)
+        if len(deleted) and delete_store and self.table_store.caps.supports_delete:
+            self.table_store.delete_rows(deleted)
+            if fault_hook is not None:
+                fault_hook("after_data_delete", self)
+        return deleted
+
     def apply_write(self, write: TableWrite, now: float) -> Tuple[IndexDF, IndexDF]:
         """Write ``write`` inside the current transaction: its data, then its metadata.
 
@@ -243,6 +254,8 @@ class DataTable:
             changed = self._write_fresh(data_df, now)
             if changed is not None:
                 return changed, IndexDF(changed.iloc[0:0])
+        if full_keys and not len(data_df):  # only deletions: the tombstones find the live keys themselves
+            return IndexDF(keyset.select(data_df, keys)), self._delete_live(IndexDF(scope), now, write.write_store)
         # one metadata read serves both change detection and the deletion of vanished rows
         existing = self._lookup(data_df, scope, full_keys) if len(data_df) or full_keys else self._no_rows()
         data_keys = keyset.select(data_df, keys)

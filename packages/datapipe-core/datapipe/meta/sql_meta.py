@@ -309,6 +309,23 @@ class TableMeta:
         values = {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0}
         self._update_where_keys(idx, values, versioned=True)
 
+    def mark_deleted_live(self, idx: IndexDF, now: float) -> IndexDF:
+        """``mark_deleted`` for those keys of ``idx`` that are live or an unconfirmed write, found by the
+        ``UPDATE`` itself (``RETURNING``) instead of a read first; returns them, sorted."""
+        keys = self.primary_keys
+        if len(idx) == 0:
+            return IndexDF(pd.DataFrame(columns=keys))
+        self.require_upgraded()
+        t = self.sql_table
+        values: Dict[str, Any] = {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0}
+        rows: List[Any] = []
+        with self.dbconn.begin() as con:
+            values["version"] = version_value(con)
+            for chunk in key_chunks(idx[keys]):
+                where = and_(locked_key_filter(con, t, chunk), or_(t.c.delete_ts.is_(None), t.c.hash.is_(None)))
+                rows.extend(fetch_rows(con, update(t).where(where).values(**values).returning(*[t.c[k] for k in keys])))
+        return IndexDF(keyset.sort(rows_to_df(rows, keys), keys).reset_index(drop=True))
+
     def iter_stale_idx(self, process_ts: float, chunksize: int = 10_000) -> Iterator[IndexDF]:
         """Live keys (and unconfirmed writes) last confirmed before ``process_ts``, in chunks."""
         t = self.sql_table
