@@ -117,3 +117,26 @@ def test_a_first_run_prepares_the_next_batch_before_reading_the_outcome_of_this_
     assert_datatable_equal(ds.get_table("out"), rows)
     assert steps[0].meta.get_metadata()["is_success"].eq(True).sum() == 100
     assert pg.con.pool.checkedout() == 0
+
+
+def test_with_no_connection_to_spare_nothing_is_left_in_flight(pg):
+    """A pool of two: the step's run lock holds one, a batch's write the other. Each batch's outcome is
+    then read at once, so that the next batch can still read (else the run would wait for the pool
+    until it times out)."""
+    small = DBConn(pg.connstr, create_engine_kwargs={"pool_size": 2, "max_overflow": 0, "pool_timeout": 2})
+    try:
+        ds = DataStore(small, create_meta_table=True)
+        from datapipe.compute import Catalog, Table
+        from datapipe.store.database import TableStoreDB
+
+        cols = [Column("id", Integer, primary_key=True), Column("a", String)]
+        catalog = Catalog({n: Table(TableStoreDB(small, n, cols, create_table=True)) for n in ("inp", "out")})
+        steps = build_compute(ds, catalog, Pipeline([BatchTransform(lambda d: d, ["inp"], ["out"], chunk_size=30)]))
+        rows = pd.DataFrame({"id": range(100), "a": [f"v{i}" for i in range(100)]})
+        ds.get_table("inp").store_chunk(rows)
+        result = run_steps(ds, steps)
+        assert result.ok and result.processed == 100
+        assert_datatable_equal(ds.get_table("out"), rows)
+        assert small.con.pool.checkedout() == 0
+    finally:
+        small.con.dispose()

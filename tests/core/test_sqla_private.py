@@ -44,3 +44,18 @@ def test_custom_constructs_keep_their_cache_keys():
 def test_sqlalchemy_is_within_the_tested_range():
     major, minor = (int(x) for x in sqlalchemy.__version__.split(".")[:2])
     assert (2, 0) <= (major, minor) < (2, 2), sqlalchemy.__version__
+
+
+def test_spare_connections_of_a_queue_pool(tmp_path):
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool, QueuePool
+
+    engine = create_engine(f"sqlite:///{tmp_path}/p.db", poolclass=QueuePool, pool_size=2, max_overflow=1)
+    try:
+        assert sqla_private.spare_connections(engine.pool) == 3  # None: the private attribute is gone
+        with engine.connect(), engine.connect():
+            assert sqla_private.spare_connections(engine.pool) == 1
+    finally:
+        engine.dispose()
+    unlimited = create_engine(f"sqlite:///{tmp_path}/p.db", poolclass=NullPool)
+    assert sqla_private.spare_connections(unlimited.pool) is None

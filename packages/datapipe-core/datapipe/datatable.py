@@ -469,10 +469,10 @@ def start_writing_tables(
     """``write_tables``, whose end may still be in flight on return (``StartedWrite.in_flight``): its
     ``result()`` returns the results, or raises the error ``write_tables`` would raise.
 
-    Only a pipelined unit of work is left in flight (sent through its ``COMMIT``, its outcome unread);
-    meanwhile the caller may read and compute on other connections, e.g. prepare the next batch
-    (``SingleThreadExecutor``). Any other write is done before this returns, and errors raised here
-    are those of ``write_tables``.
+    Only a pipelined unit of work is left in flight (sent through its ``COMMIT``, its outcome unread),
+    and only while the connection pool has another connection to spare; meanwhile the caller may read
+    and compute on other connections, e.g. prepare the next batch (``SingleThreadExecutor``). Any
+    other write is done before this returns, and errors raised here are those of ``write_tables``.
     """
     now = time.time() if now is None else now
     checked = _checked(writes)
@@ -505,6 +505,10 @@ def start_writing_tables(
             return ordinary()
         return results
 
+    spare = dbconn.spare_connections()
+    if spare is not None and spare < 1:  # a small pool: the next batch could not read while this one waits
+        settled = settle()
+        return StartedWrite(lambda: settled)
     return StartedWrite(settle, in_flight=True)
 
 

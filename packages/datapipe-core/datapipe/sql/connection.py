@@ -34,6 +34,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuch
 
 from datapipe.errors import StoreError, mask_url
 from datapipe.sql.schema import check_existing_table, copy_column
+from datapipe.sql.sqla_private import spare_connections
 
 logger = logging.getLogger("datapipe.sql")
 T = TypeVar("T")
@@ -403,6 +404,10 @@ class DBConn:
                             what, type(cause).__name__, attempt, CONFLICT_ATTEMPTS, 1000 * pause)
                 time.sleep(pause)
         raise AssertionError("unreachable")
+
+    def spare_connections(self) -> Optional[int]:
+        """How many more connections the pool can hand out without waiting (None: no limit)."""
+        return spare_connections(self.con.pool)
 
     @property
     def can_pipeline(self) -> bool:

@@ -54,3 +54,16 @@ def traverse(*fields: Tuple[str, str]) -> List[Tuple[str, Any]]:
         "clauseelement_list": InternalTraversal.dp_clauseelement_list,
     }
     return [(name, kinds[kind]) for name, kind in fields]
+
+
+def spare_connections(pool: Any) -> Optional[int]:
+    """How many more connections ``pool`` can hand out without waiting (None: no limit or unknown).
+
+    Private: ``QueuePool._max_overflow`` (the public API tells the size and how many are checked out
+    and overflowing, not the overflow limit). Used to leave a write in flight only when the next
+    batch can still get a connection.
+    """
+    max_overflow = getattr(pool, "_max_overflow", None)
+    if max_overflow is None or max_overflow < 0 or not hasattr(pool, "size"):
+        return None
+    return int(pool.size() + max_overflow - pool.checkedout())
