@@ -32,6 +32,7 @@ from typing import List, Sequence
 from sqlalchemy import Table, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
+from datapipe.errors import StoreError
 from datapipe.sql.connection import DBConn
 
 logger = logging.getLogger("datapipe.meta.planner_stats")
@@ -65,5 +66,6 @@ def refresh_stale_statistics(dbconn: DBConn, tables: Sequence[Table]) -> None:
             with dbconn.begin() as con:
                 con.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 con.exec_driver_sql("ANALYZE " + con.dialect.identifier_preparer.format_table(table))
-        except DBAPIError as e:  # a concurrent ANALYZE/VACUUM holds the table: it refreshes them itself
-            logger.info("skipped ANALYZE of %s: %s", table.name, e.orig)
+        except (DBAPIError, StoreError) as e:  # a concurrent ANALYZE/VACUUM holds the table: it refreshes them
+            # itself (``DBConn.begin`` reports the lock timeout, an ``OperationalError``, as a ``StoreError``)
+            logger.info("skipped ANALYZE of %s: %s", table.name, e)
