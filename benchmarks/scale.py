@@ -114,6 +114,7 @@ class Breakdown:
 def _breakdown() -> Breakdown:
     from datapipe.datatable import DataStore
     from datapipe.meta.step_meta import StepMeta
+    from datapipe.sql.connection import PendingCommit
     from datapipe.sql.pages import MaterialisedRows
     from datapipe.step.batch_transform import BaseBatchTransformStep, BatchTransformStep
 
@@ -122,7 +123,8 @@ def _breakdown() -> Breakdown:
     b.wrap(MaterialisedRows, "_read_page", "read key pages")
     b.wrap(BaseBatchTransformStep, "read_input", "read input rows")
     b.wrap(BatchTransformStep, "compute_batch", "compute_batch (read inputs + function)")
-    b.wrap(DataStore, "write", "write outputs + metadata (one transaction)")
+    b.wrap(DataStore, "start_write", "write outputs + metadata (one transaction; sent)")
+    b.wrap(PendingCommit, "wait", "wait for a batch's COMMIT (PostgreSQL, in flight)")
     return b
 
 
