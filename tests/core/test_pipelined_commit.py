@@ -10,11 +10,14 @@ import pytest
 from sqlalchemy import Column, Integer, String, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from datapipe.compute import Pipeline, build_compute, run_steps
+from datapipe.compute import Catalog, Pipeline, Table, build_compute, run_steps
 from datapipe.datatable import DataStore
 from datapipe.sql.connection import DBConn, PendingCommit, PipelineFailed
 from datapipe.step.batch_transform import BatchTransform
+from datapipe.store.database import TableStoreDB
 from datapipe.testing import assert_datatable_equal
+
+ROWS = pd.DataFrame({"id": range(100), "a": [f"v{i}" for i in range(100)]})
 
 
 def table(dbconn: DBConn) -> Any:
@@ -30,6 +33,16 @@ def stored(dbconn: DBConn) -> List[Tuple[int, str]]:
 def insert_rows(dbconn: DBConn, rows: List[dict]) -> None:
     with dbconn.begin() as con:  # the transaction of send_pipelined
         con.execute(insert(table(dbconn)), rows)
+
+
+def copy_step(dbconn: DBConn, func: Any) -> Tuple[DataStore, Any]:
+    """``inp`` (``ROWS`` stored) -> ``func`` -> ``out``, in batches of 30: a first run of 4 batches."""
+    ds = DataStore(dbconn, create_meta_table=True)
+    cols = [Column("id", Integer, primary_key=True), Column("a", String)]
+    catalog = Catalog({n: Table(TableStoreDB(dbconn, n, cols, create_table=True)) for n in ("inp", "out")})
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(func, ["inp"], ["out"], chunk_size=30)]))
+    ds.get_table("inp").store_chunk(ROWS)
+    return ds, steps
 
 
 @pytest.fixture
@@ -101,20 +114,11 @@ def test_a_first_run_prepares_the_next_batch_before_reading_the_outcome_of_this_
         events.append("confirmed")
 
     monkeypatch.setattr(PendingCommit, "wait", confirmed)
-    ds = DataStore(pg, create_meta_table=True)
-    from datapipe.compute import Catalog, Table
-    from datapipe.store.database import TableStoreDB
-
-    cols = [Column("id", Integer, primary_key=True), Column("a", String)]
-    catalog = Catalog({n: Table(TableStoreDB(pg, n, cols, create_table=True)) for n in ("inp", "out")})
-    steps = build_compute(ds, catalog, Pipeline([BatchTransform(func, ["inp"], ["out"], chunk_size=30)]))
-    rows = pd.DataFrame({"id": range(100), "a": [f"v{i}" for i in range(100)]})
-    ds.get_table("inp").store_chunk(rows)
-    events.clear()
+    ds, steps = copy_step(pg, func)
     run_steps(ds, steps)
     assert events == [("computed", 0), ("computed", 30), "confirmed", ("computed", 60), "confirmed",
                       ("computed", 90), "confirmed", "confirmed"]
-    assert_datatable_equal(ds.get_table("out"), rows)
+    assert_datatable_equal(ds.get_table("out"), ROWS)
     assert steps[0].meta.get_metadata()["is_success"].eq(True).sum() == 100
     assert pg.con.pool.checkedout() == 0
 
@@ -125,18 +129,10 @@ def test_with_no_connection_to_spare_nothing_is_left_in_flight(pg):
     until it times out)."""
     small = DBConn(pg.connstr, create_engine_kwargs={"pool_size": 2, "max_overflow": 0, "pool_timeout": 2})
     try:
-        ds = DataStore(small, create_meta_table=True)
-        from datapipe.compute import Catalog, Table
-        from datapipe.store.database import TableStoreDB
-
-        cols = [Column("id", Integer, primary_key=True), Column("a", String)]
-        catalog = Catalog({n: Table(TableStoreDB(small, n, cols, create_table=True)) for n in ("inp", "out")})
-        steps = build_compute(ds, catalog, Pipeline([BatchTransform(lambda d: d, ["inp"], ["out"], chunk_size=30)]))
-        rows = pd.DataFrame({"id": range(100), "a": [f"v{i}" for i in range(100)]})
-        ds.get_table("inp").store_chunk(rows)
+        ds, steps = copy_step(small, lambda d: d)
         result = run_steps(ds, steps)
         assert result.ok and result.processed == 100
-        assert_datatable_equal(ds.get_table("out"), rows)
+        assert_datatable_equal(ds.get_table("out"), ROWS)
         assert small.con.pool.checkedout() == 0
     finally:
         small.con.dispose()
