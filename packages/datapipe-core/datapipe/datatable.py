@@ -224,10 +224,7 @@ class DataTable:
         """Delete ``idx`` from the store (unless ``delete_store`` is False) and tombstone it."""
         if len(idx) == 0:
             return
-        if delete_store and self.table_store.caps.supports_delete:
-            self.table_store.delete_rows(idx)
-            if fault_hook is not None:
-                fault_hook("after_data_delete", self)
+        self._delete_stored(idx, delete_store)
         self.meta.mark_deleted(idx, now)
 
     def _delete_live(self, idx: IndexDF, now: float, delete_store: bool) -> IndexDF:
@@ -235,11 +232,15 @@ class DataTable:
         (unless ``delete_store`` is False); return those keys. Both happen before the unit of work
         commits, so their order does not matter to a crash."""
         deleted = self.meta.mark_deleted_live(idx, now)
-        if len(deleted) and delete_store and self.table_store.caps.supports_delete:
-            self.table_store.delete_rows(deleted)
+        if len(deleted):
+            self._delete_stored(deleted, delete_store)
+        return deleted
+
+    def _delete_stored(self, idx: IndexDF, delete_store: bool) -> None:
+        if delete_store and self.table_store.caps.supports_delete:
+            self.table_store.delete_rows(idx)
             if fault_hook is not None:
                 fault_hook("after_data_delete", self)
-        return deleted
 
     def apply_write(self, write: TableWrite, now: float) -> Tuple[IndexDF, IndexDF]:
         """Write ``write`` inside the current transaction: its data, then its metadata.

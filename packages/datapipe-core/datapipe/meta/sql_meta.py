@@ -287,15 +287,27 @@ class TableMeta:
         with self.dbconn.read() as con:
             return con.execute(select(self.sql_table.c[self.primary_keys[0]]).limit(1)).first() is None
 
-    def _update_where_keys(self, idx: pd.DataFrame, values: Dict[str, Any], versioned: bool = False) -> None:
+    def _update_where_keys(
+        self, idx: pd.DataFrame, values: Dict[str, Any], versioned: bool = False, where: Any = None,
+        returning: bool = False,
+    ) -> List[Any]:
+        """``UPDATE`` the rows of the keys of ``idx`` (and matching ``where``); with ``returning``, the
+        keys of the rows updated (as driver rows), else []."""
         if len(idx) == 0:
-            return
+            return []
+        t, keys = self.sql_table, self.primary_keys
+        updated: List[Any] = []
         with self.dbconn.begin() as con:
             if versioned:
                 values = {**values, "version": version_value(con)}
-            for chunk in key_chunks(idx[self.primary_keys]):
-                where = locked_key_filter(con, self.sql_table, chunk)
-                con.execute(update(self.sql_table).where(where).values(**values))
+            for chunk in key_chunks(idx[keys]):
+                matched = locked_key_filter(con, t, chunk)
+                sql = update(t).where(matched if where is None else and_(matched, where)).values(**values)
+                if returning:
+                    updated.extend(fetch_rows(con, sql.returning(*[t.c[k] for k in keys])))
+                else:
+                    con.execute(sql)
+        return updated
 
     def touch(self, idx: IndexDF, process_ts: float) -> None:
         """Record that a producer confirmed unchanged rows at ``process_ts``."""
@@ -304,27 +316,20 @@ class TableMeta:
     def mark_deleted(self, idx: IndexDF, now: float) -> None:
         """Tombstone rows with a new ``version``; ``delete_ts`` and ``update_ts`` become ``now``
         (unconfirmed-write marks are cleared)."""
-        if len(idx):
-            self.require_upgraded()
-        values = {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0}
-        self._update_where_keys(idx, values, versioned=True)
+        self._tombstone(idx, now)
 
     def mark_deleted_live(self, idx: IndexDF, now: float) -> IndexDF:
         """``mark_deleted`` for those keys of ``idx`` that are live or an unconfirmed write, found by the
         ``UPDATE`` itself (``RETURNING``) instead of a read first; returns them, sorted."""
-        keys = self.primary_keys
-        if len(idx) == 0:
-            return IndexDF(pd.DataFrame(columns=keys))
-        self.require_upgraded()
-        t = self.sql_table
-        values: Dict[str, Any] = {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0}
-        rows: List[Any] = []
-        with self.dbconn.begin() as con:
-            values["version"] = version_value(con)
-            for chunk in key_chunks(idx[keys]):
-                where = and_(locked_key_filter(con, t, chunk), or_(t.c.delete_ts.is_(None), t.c.hash.is_(None)))
-                rows.extend(fetch_rows(con, update(t).where(where).values(**values).returning(*[t.c[k] for k in keys])))
+        t, keys = self.sql_table, self.primary_keys
+        rows = self._tombstone(idx, now, where=or_(t.c.delete_ts.is_(None), t.c.hash.is_(None)), returning=True)
         return IndexDF(keyset.sort(rows_to_df(rows, keys), keys).reset_index(drop=True))
+
+    def _tombstone(self, idx: IndexDF, now: float, where: Any = None, returning: bool = False) -> List[Any]:
+        if len(idx):
+            self.require_upgraded()
+        values = {"delete_ts": now, "update_ts": now, "process_ts": now, "hash": 0}
+        return self._update_where_keys(idx, values, versioned=True, where=where, returning=returning)
 
     def iter_stale_idx(self, process_ts: float, chunksize: int = 10_000) -> Iterator[IndexDF]:
         """Live keys (and unconfirmed writes) last confirmed before ``process_ts``, in chunks."""

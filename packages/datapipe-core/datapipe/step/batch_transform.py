@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import pandas as pd
-from sqlalchemy import Column, Integer
+from sqlalchemy import Column, Integer, Table
 
 from datapipe import keyset
 from datapipe.compute import (
@@ -294,7 +294,7 @@ class BaseBatchTransformStep(ComputeStep):
         self.meta.plan(self.changes, filters, order_by, order == "desc", self._joined_data())
         self.meta.ensure_indexes(self.changes.previous_lookups(), ds.create_meta_table)
 
-    def _joined_data(self) -> List[Any]:
+    def _joined_data(self) -> List[Table]:
         """The SQL tables of the inputs that ``read_input`` reads joined to their metadata (the transform
         keys give only part of their key)."""
         tables = []
