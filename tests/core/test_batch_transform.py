@@ -511,3 +511,36 @@ def test_a_step_and_a_table_of_the_same_name_are_refused(ds, make_catalog):
     refused = r"table 'later': its metadata table 'later_meta' holds the metadata of a step"
     with pytest.raises(ConfigError, match=refused):
         build_compute(ds, catalog, Pipeline([first, second]))
+
+
+def test_an_output_listed_twice_is_refused(ds, make_catalog):
+    """One unit of work writes each output once; the same table twice is a configuration error."""
+    from datapipe.errors import ConfigError
+
+    catalog = make_catalog(inp=cols("id"), out=cols("id"))
+    twice = BatchTransform(lambda df: (df, df), ["inp"], ["out", "out"], name="twice")
+    with pytest.raises(ConfigError, match=r"step 'twice': output table\(s\) \['out'\] listed more than once"):
+        build_compute(ds, catalog, Pipeline([twice]))
+
+
+def test_a_batch_reports_its_written_and_deleted_keys_once_each(ds, make_catalog):
+    """The changes a batch passes on (``run_changelist``) and counts: every written and deleted key, once."""
+    from datapipe.types import ChangeList
+
+    catalog = make_catalog(inp=cols("id"), out=cols("id"))
+    seen = []
+
+    class Progress(RunCallback):
+        def on_step_progress(self, step, completed, total, **stats):
+            seen.append(stats)
+
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(lambda df: df, ["inp"], ["out"], name="copy")]))
+    inp = ds.get_table("inp")
+    inp.store_chunk(rows(range(4)))
+    run_steps(ds, steps, RunConfig(callback=Progress()))
+    assert seen[-1]["changed"] == 4 and seen[-1]["deleted"] == 0
+    inp.store_chunk(rows([0], prefix="w"))
+    inp.delete_by_idx(pd.DataFrame({"id": [3]}))
+    changes = steps[0].run_changelist(ds, ChangeList.create("inp", pd.DataFrame({"id": [0, 3]})))
+    got = changes.changes["out"].sort_values("id", ignore_index=True)
+    assert got["id"].tolist() == [0, 3] and changes.key_count() == 2 and changes.deleted_count == 1

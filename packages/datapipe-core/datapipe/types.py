@@ -7,7 +7,7 @@ a ``DataDF`` holds keys plus data, a ``MetadataDF`` holds keys plus metadata col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, TypeAlias, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeAlias, Union
 
 import pandas as pd
 from sqlalchemy import Column
@@ -97,6 +97,18 @@ class ChangeList:
     def key_count(self) -> int:
         """How many changed keys, over all tables (progress statistics)."""
         return sum(len(idx) for idx in self.changes.values())
+
+    @classmethod
+    def of_distinct(cls, tables: Dict[str, Sequence[IndexDF]]) -> ChangeList:
+        """Changes the caller knows hold no key twice among a table's parts (one write's written and
+        deleted primary keys): kept without de-duplicating them, so counting them costs nothing."""
+        res = cls()
+        for name, parts in tables.items():
+            present = [idx for idx in parts if len(idx)]
+            if present:
+                res._changes[name] = present[0] if len(present) == 1 else IndexDF(
+                    pd.concat(present, ignore_index=True))
+        return res
 
     @classmethod
     def create(cls, name: str, idx: IndexDF) -> ChangeList:

@@ -263,6 +263,10 @@ class BaseBatchTransformStep(ComputeStep):
             raise ConfigError(f"step {name!r}: chunk_size must be positive, got {chunk_size}")
         if order not in ("asc", "desc"):
             raise ConfigError(f"step {name!r}: order must be 'asc' or 'desc', got {order!r}")
+        outputs = [co.name for co in self.output_dts]
+        twice = sorted({n for n in outputs if outputs.count(n) > 1})
+        if twice:
+            raise ConfigError(f"step {name!r}: output table(s) {twice} listed more than once")
         self.chunk_size = chunk_size
         self.fresh_keys = False  # during a first run: see _run_full
         self.fresh_outputs: Set[str] = set()
@@ -583,10 +587,9 @@ class BaseBatchTransformStep(ComputeStep):
         return ds.start_write(writes, now, then=lambda: self.meta.mark_success(idx, snapshot, now, self.fresh_keys))
 
     def batch_changes(self, results: List[Tuple[IndexDF, IndexDF]]) -> ChangeList:
-        changes = ChangeList()
-        for co, (changed, deleted) in zip(self.output_dts, results):
-            changes.append(co.name, changed)
-            changes.append(co.name, deleted)
+        # outputs are distinct tables (checked in __init__); a table's changed and deleted keys are
+        # distinct primary keys
+        changes = ChangeList.of_distinct({co.name: result for co, result in zip(self.output_dts, results)})
         changes.deleted_count = sum(len(deleted) for _, deleted in results)
         return changes
 
