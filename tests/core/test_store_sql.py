@@ -4,7 +4,7 @@ import itertools
 
 import pandas as pd
 import pytest
-from sqlalchemy import Column, Integer, String
+from sqlalchemy import Column, Integer, String, event
 
 from datapipe.store.database import TableStoreDB
 from datapipe.testing import AbstractBaseStoreTests
@@ -38,3 +38,43 @@ def test_describe_masks_password(postgres_url):
     url = postgres_url.replace("postgres@", "postgres:secret@") if "@" in postgres_url else postgres_url
     store = TableStoreDB(DBConn(url), "t", [Column("id", Integer, primary_key=True)])
     assert "secret" not in store.describe()
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        [3, 4, 5, 6],  # a whole range: read as a range
+        [3, 5, 7, 9, 11],  # every other key: a range, less the rows not asked for
+        [9, 3, 3, 5],  # unsorted, a duplicate
+        [0, 40, 80],  # sparse: read as a list
+        [-2, -1, 0],  # below every stored key
+        [1000, 1001],  # nothing stored
+    ],
+)
+def test_read_rows_by_integer_keys_returns_exactly_those_rows(dbconn, wanted):
+    """Dense integer keys are read as one key range (``keyset.dense_int_range``) and filtered; the rows are
+    the same as for a list of keys."""
+    store = TableStoreDB(dbconn, "t", [Column("id", Integer, primary_key=True), Column("a", String)], create_table=True)
+    stored = pd.DataFrame({"id": range(100), "a": [f"v{i}" for i in range(100)]})
+    store.insert_rows(stored)
+    statements = []
+    listen = (dbconn.con, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    event.listen(*listen)
+    try:
+        got = store.read_rows(IndexDF(pd.DataFrame({"id": wanted}))).sort_values("id", ignore_index=True)
+    finally:
+        event.remove(*listen)
+    want = stored[stored["id"].isin(wanted)].sort_values("id", ignore_index=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert any("BETWEEN" in s for s in statements) == (max(wanted) - min(wanted) < 2 * len(wanted))
+
+
+def test_dense_int_range_bounds_the_rows_a_range_may_return():
+    from datapipe.keyset import dense_int_range
+
+    assert dense_int_range(pd.DataFrame({"id": [5, 6, 7]})) == (5, 7)
+    assert dense_int_range(pd.DataFrame({"id": [1, 6]})) is None  # 6 values for 2 keys
+    assert dense_int_range(pd.DataFrame({"id": [1, 4]})) == (1, 4)  # 4 values for 2 keys: at most twice
+    assert dense_int_range(pd.DataFrame({"id": ["a", "b"]})) is None
+    assert dense_int_range(pd.DataFrame({"a": [1, 2], "b": [1, 2]})) is None
+    assert dense_int_range(pd.DataFrame({"id": pd.Series([], dtype="int64")})) is None

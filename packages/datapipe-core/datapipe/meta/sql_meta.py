@@ -65,13 +65,12 @@ from datapipe.meta.versions import Snapshot, declare_counter, stamp_upsert, unse
 from datapipe.sql.bulk import bulk_upsert_values, insert_new_values, value_kind
 from datapipe.sql.connection import DBConn
 from datapipe.sql.rows import (
-    MAX_PARAMS,
     fetch_rows,
     insert_statement,
     key_chunks,
-    key_filter,
     locked_key_filter,
     python_values,
+    read_by_keys,
     rows_to_df,
     upsert_statement,
 )
@@ -194,12 +193,8 @@ class TableMeta:
         with self.dbconn.read() as con:
             if idx is None:
                 return rows_to_df(fetch_rows(con, sql), columns)
-            rows: List[Any] = []
             keys = keyset.select(idx, [c for c in idx.columns if c in self.primary_keys or c in self.meta_keys])
-            keys = keyset.unique_if_chunked(keys, MAX_PARAMS // max(1, len(keys.columns)))
-            for chunk in key_chunks(keys):
-                rows.extend(fetch_rows(con, sql.where(key_filter(self.sql_table, chunk))))
-        return rows_to_df(rows, columns)
+            return read_by_keys(con, self.sql_table, sql, columns, keys)
 
     def lookup(self, idx: IndexDF) -> pd.DataFrame:
         """Keys, ``hash``, ``create_ts`` and ``delete_ts`` of existing (or deleted) rows in ``idx``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -11,8 +11,10 @@ from sqlalchemy import Table, select, tuple_
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from datapipe import keyset
 from datapipe.errors import StoreError
 from datapipe.sql.bulk import key_in, key_tuple_in
+from datapipe.sql.schema import python_type
 from datapipe.sql.sqla_private import has_result_processors
 
 # Bound parameters per statement; SQLite allows 32766, PostgreSQL 65535.
@@ -103,6 +105,34 @@ def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     # column-wise, numeric columns as numpy arrays (``_column``): about twice as fast as letting pandas
     # split the driver's tuples (``pd.DataFrame(rows)``) and far cheaper than from_records over Row objects
     return pd.DataFrame(dict(zip(columns, map(_column, _transposed(rows, len(columns))))))
+
+
+def read_by_keys(con: Connection, table: Table, sql: Any, columns: Sequence[str], keys: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``sql`` (a ``SELECT`` of ``columns`` from ``table``) whose key columns (the columns of
+    ``keys``) match a row of ``keys``, as a frame of ``columns``.
+
+    One integer key column whose values are dense (``keyset.dense_int_range``) is read as one key range,
+    less the rows not asked for; other keys as bound lists of at most ``MAX_PARAMS`` values.
+    """
+    dense = _dense_range(table, keys, columns)
+    if dense is not None:
+        name = keys.columns[0]
+        df = rows_to_df(fetch_rows(con, sql.where(table.c[name].between(*dense))), columns)
+        wanted = keyset.isin(df, keys, [name])
+        return df if wanted.all() else df[wanted].reset_index(drop=True)
+    keys = keyset.unique_if_chunked(keys, MAX_PARAMS // max(1, len(keys.columns)))
+    rows: List[Any] = []
+    for chunk in key_chunks(keys):
+        rows.extend(fetch_rows(con, sql.where(key_filter(table, chunk))))
+    return rows_to_df(rows, columns)
+
+
+def _dense_range(table: Table, keys: pd.DataFrame, columns: Sequence[str]) -> Optional[Tuple[int, int]]:
+    if len(keys.columns) != 1 or keys.columns[0] not in columns:
+        return None
+    if python_type(table.c[keys.columns[0]].type) is not int:
+        return None
+    return keyset.dense_int_range(keys)
 
 
 def insert_statement(con: Connection, table: Table) -> Any:

@@ -16,7 +16,7 @@ from datapipe.errors import mask_url
 from datapipe.run_config import RunConfig
 from datapipe.sql.bulk import bulk_upsert
 from datapipe.sql.connection import DBConn, no_table_creation, offline
-from datapipe.sql.rows import MAX_PARAMS, fetch_rows, key_chunks, key_filter, locked_key_filter, rows_to_df
+from datapipe.sql.rows import fetch_rows, key_chunks, locked_key_filter, read_by_keys, rows_to_df
 from datapipe.sql.schema import MetaKey, check_values, copy_column
 from datapipe.store.table_store import TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema
@@ -138,11 +138,7 @@ class TableStoreDB(TableStore):
             if len(idx) == 0:
                 return DataDF(rows_to_df([], self.columns))
             keys = keyset.select(idx, [k for k in self.primary_keys if k in idx.columns])
-            keys = keyset.unique_if_chunked(keys, MAX_PARAMS // max(1, len(keys.columns)))
-            rows: List[Any] = []
-            for chunk in key_chunks(keys):
-                rows.extend(fetch_rows(con, sql.where(key_filter(self.data_table, chunk))))
-        return DataDF(rows_to_df(rows, self.columns))
+            return DataDF(read_by_keys(con, self.data_table, sql, self.columns, keys))
 
     def read_rows_meta_pseudo_df(
         self, chunksize: int = 1000, run_config: Optional[RunConfig] = None
