@@ -296,3 +296,30 @@ def test_upgrade_keeps_processed_and_pending_keys(dbconn):
     again = upgrade_metadata(fresh, tables, [(steps[0].meta, steps[0].changes)])
     assert again.summary() == "metadata is already up to date"
     fresh.con.dispose()
+
+
+def test_full_runs_reuse_the_change_query_with_new_watermarks(dbconn, monkeypatch):
+    """The change query is built once per watermark shape; each run binds its own watermarks, so every
+    round's changes, and only those, are processed."""
+    from datapipe.meta.changes import ChangeQuery
+
+    built = []
+    original = ChangeQuery.build
+    monkeypatch.setattr(ChangeQuery, "build", lambda self, *a, **kw: built.append(1) or original(self, *a, **kw))
+    processed = []
+
+    def record(df: pd.DataFrame) -> pd.DataFrame:
+        processed.append(sorted(df["id"]))
+        return bang(df)
+
+    ds, steps = build(dbconn, record)
+    inp = ds.get_table("inp")
+    inp.store_chunk(rows([1, 2, 3]))
+    run_steps(ds, steps)  # no watermark yet: one shape
+    for round_, ids in enumerate([[2], [3, 4], [1]]):
+        inp.store_chunk(rows(ids, f"r{round_}"))
+        run_steps(ds, steps)  # a watermark without pending ids: the second shape, then reused
+    run_steps(ds, steps)
+    assert processed == [[1, 2, 3], [2], [3, 4], [1]]
+    assert output(ds) == {1: "r21!", 2: "r02!", 3: "r13!", 4: "r14!"}
+    assert len(built) == 2

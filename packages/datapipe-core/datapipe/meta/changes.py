@@ -24,7 +24,7 @@ without scanning when nothing changed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 from sqlalchemy import and_, exists, func, literal, or_, select, true, union_all
@@ -32,7 +32,7 @@ from sqlalchemy.sql import Select
 
 from datapipe.errors import ConfigError
 from datapipe.meta.sql_meta import TableMeta, TransformMeta, filter_clause
-from datapipe.meta.versions import Snapshot, not_seen, unseen_rows
+from datapipe.meta.versions import Snapshot, not_seen, snapshot_params, unseen_rows
 from datapipe.sql.pages import MaterialisedRows
 from datapipe.sql.rows import key_chunks, key_filter, rows_to_df
 
@@ -80,6 +80,7 @@ class ChangeQuery:
         # versions did; only ``datapipe.meta.upgrade`` uses it, to carry pending keys over.
         self.legacy = legacy
         self.global_batch = transform_keys == [GLOBAL_KEY]
+        self._window_queries: Dict[Tuple[Any, ...], Optional[Select[Any]]] = {}
         for inp in inputs:
             self._expansion_sources(inp)  # fail at build time when a key cannot be derived
 
@@ -196,6 +197,34 @@ class ChangeQuery:
         order_cols = [allc.c[k] for k in (order_by or self.keys)]
         return q.order_by(*[c.desc() if descending else c.asc() for c in order_cols])
 
+    def window_query(
+        self,
+        marks: Mapping[str, Snapshot],
+        filters: Sequence[Dict[str, Any]] = (),
+        order_by: Optional[List[str]] = None,
+        descending: bool = False,
+    ) -> Tuple[Optional[Select[Any]], Dict[str, Any]]:
+        """The change query of a full run (rows not visible in the watermarks ``marks``) and the values
+        of its parameters, to execute it with.
+
+        Building a change query and computing SQLAlchemy's cache key for it cost about a millisecond,
+        as much as running it when nothing changed. So without ``filters`` (whose values are part of the
+        statement) the statement is built once per shape (which inputs have a watermark and which of
+        those have pending ids, and the order) and reused, the watermarks given as parameters.
+        """
+        if filters:
+            return self.build(self.window_wheres(marks), filters=filters, order_by=order_by,
+                              descending=descending), {}
+        shapes = tuple((m is not None, bool(m and m.pending)) for m in (marks.get(i.name) for i in self.inputs))
+        key = (shapes, tuple(order_by or ()), descending)
+        if key not in self._window_queries:
+            self._window_queries[key] = self.build(self.window_wheres(marks, named=True), order_by=order_by,
+                                                   descending=descending)
+        params: Dict[str, Any] = {}
+        for n, inp in enumerate(self.inputs):
+            params.update(snapshot_params(f"w{n}", marks.get(inp.name)))
+        return self._window_queries[key], params
+
     def _required_clause(self, inp: InputKeys, allc: Any) -> Any:
         """Keys present in a ``Required`` input, or processed before (their outputs may need deleting)."""
         m = inp.meta.sql_table.alias(f"r_{inp.name}")
@@ -213,29 +242,33 @@ class ChangeQuery:
         with self.tr.dbconn.read() as con:
             return int(con.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one())
 
-    def materialise(self, query: Optional[Select[Any]], page_rows: Optional[int] = None) -> MaterialisedRows:
-        """The keys ``query`` returns, evaluated once and held by the database, to be read back in
-        pages of ``page_rows`` (``datapipe.sql.pages``); open it with ``with`` or ``open()``."""
+    def materialise(
+        self, query: Optional[Select[Any]], page_rows: Optional[int] = None, params: Optional[Dict[str, Any]] = None
+    ) -> MaterialisedRows:
+        """The keys ``query`` (with parameter values ``params``) returns, evaluated once and held by the
+        database, to be read back in pages of ``page_rows`` (``datapipe.sql.pages``); open it with
+        ``with`` or ``open()``."""
         types = [self.tr.sql_table.c[k].type for k in self.keys]
-        return MaterialisedRows(self.tr.dbconn, query, self.keys, types, page_rows)
+        return MaterialisedRows(self.tr.dbconn, query, self.keys, types, page_rows, params)
 
-    def fetch(self, query: Optional[Select[Any]]) -> pd.DataFrame:
+    def fetch(self, query: Optional[Select[Any]], params: Optional[Dict[str, Any]] = None) -> pd.DataFrame:
         if query is None:
             return rows_to_df([], self.keys)
         with self.tr.dbconn.read() as con:
-            return rows_to_df(con.execute(query).fetchall(), self.keys)
+            return rows_to_df(con.execute(query, params or {}).fetchall(), self.keys)
 
     # ------------------------------------------------------------ the two ways of finding changes
 
-    def window_wheres(self, marks: Mapping[str, Snapshot]) -> Dict[int, WhereFn]:
-        """Changed rows per input: those not visible in the input's watermark snapshot (all without one)."""
+    def window_wheres(self, marks: Mapping[str, Snapshot], named: bool = False) -> Dict[int, WhereFn]:
+        """Changed rows per input: those not visible in the input's watermark snapshot (all without one);
+        with ``named``, the snapshots are parameters ``w<n>_...`` (``snapshot_params``)."""
         wheres: Dict[int, WhereFn] = {}
         for n, inp in enumerate(self.inputs):
 
-            def where(m: Any, mark: Optional[Snapshot] = marks.get(inp.name)) -> Any:
+            def where(m: Any, mark: Optional[Snapshot] = marks.get(inp.name), n: int = n) -> Any:
                 if self.legacy:
                     return m.c.update_ts.is_not(None)
-                return unseen_rows(m.c.version, mark)
+                return unseen_rows(m.c.version, mark, f"w{n}" if named else None)
 
             wheres[n] = where
         return wheres

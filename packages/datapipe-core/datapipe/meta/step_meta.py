@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 from sqlalchemy import Index, Table
@@ -154,32 +154,32 @@ class StepMeta(TransformMeta):
         for inp in self.changes.inputs:
             inp.meta.require_upgraded()
 
-    def _changed_query(self, run_config: Optional[RunConfig]) -> Tuple[Optional[Select[Any]], Snapshot]:
-        """The change query of a full run, and the snapshot taken before it is evaluated."""
+    def _changed_query(
+        self, run_config: Optional[RunConfig]
+    ) -> Tuple[Optional[Select[Any]], Dict[str, Any], Snapshot]:
+        """The change query of a full run, its parameter values, and the snapshot taken before it is
+        evaluated."""
         self.require_upgraded()
         metadata = [self.sql_table, *[inp.meta.sql_table for inp in self.changes.inputs]]
         refresh_stale_statistics(self.dbconn, [*metadata, *self.joined_data])
         snapshot = take_snapshot(self.dbconn)  # before the query: what it may miss stays unseen
-        query = self.changes.build(
-            self.changes.window_wheres(self.get_watermarks()),
-            filters=self.run_filters(run_config),
-            order_by=self.order_by,
-            descending=self.descending,
+        query, params = self.changes.window_query(
+            self.get_watermarks(), self.run_filters(run_config), order_by=self.order_by, descending=self.descending
         )
-        return query, snapshot
+        return query, params, snapshot
 
     def get_changed_idx(self, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
         """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
-        query, snapshot = self._changed_query(run_config)
-        return self.changes.fetch(query), snapshot
+        query, params, snapshot = self._changed_query(run_config)
+        return self.changes.fetch(query, params), snapshot
 
     def open_changed_keys(
         self, run_config: Optional[RunConfig] = None, page_rows: Optional[int] = None
     ) -> Tuple[MaterialisedRows, Snapshot]:
         """Like ``get_changed_idx``, but the keys stay in the database, to be read in pages of
         ``page_rows``: the caller must ``close()`` the result (or use it in a ``with`` block)."""
-        query, snapshot = self._changed_query(run_config)
-        return self.changes.materialise(query, page_rows).open(), snapshot
+        query, params, snapshot = self._changed_query(run_config)
+        return self.changes.materialise(query, page_rows, params).open(), snapshot
 
     def get_changed_idx_count(self, ds: Any = None, run_config: Optional[RunConfig] = None) -> int:
         """How many keys are pending, counted in the database without fetching them (the 0.15 API

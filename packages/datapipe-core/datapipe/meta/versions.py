@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import BigInteger, Column, Integer, String, and_, cast, literal, literal_column, or_
+from sqlalchemy import BigInteger, Column, Integer, String, and_, bindparam, cast, literal, literal_column, or_
 from sqlalchemy.engine import Connection
 
 from datapipe.sql.connection import DBConn, table_creation_allowed
@@ -162,15 +162,32 @@ def not_seen(version: Any, below: Any, pending: Any) -> Any:
     return or_(below.is_(None), version >= below, in_pending)
 
 
-def unseen_rows(version: Any, snapshot: Optional[Snapshot]) -> Any:
+def unseen_rows(version: Any, snapshot: Optional[Snapshot], name: Optional[str] = None) -> Any:
     """SQL: rows whose ``version`` is not visible in ``snapshot`` (every versioned row when None).
 
-    An index range scan on ``version`` plus point lookups of the pending ids.
+    An index range scan on ``version`` plus point lookups of the pending ids. With ``name``, the
+    snapshot's values are the parameters ``snapshot_params(name, snapshot)`` names, so the clause can
+    be reused with another snapshot of the same shape (with or without pending ids).
     """
     if snapshot is None:
         return version.is_not(None)
-    clause = version >= snapshot.below
+    below: Any = snapshot.below
+    pending: Any = list(snapshot.pending)
+    if name is not None:
+        below = bindparam(f"{name}_below", snapshot.below, type_=BigInteger)
+        pending = bindparam(f"{name}_pending", list(snapshot.pending), expanding=True)
+    clause = version >= below
     if snapshot.pending:
-        clause = or_(clause, version.in_(list(snapshot.pending)))
+        clause = or_(clause, version.in_(pending))
     return clause
+
+
+def snapshot_params(name: str, snapshot: Optional[Snapshot]) -> Dict[str, Any]:
+    """The parameter values of ``unseen_rows(version, snapshot, name)``."""
+    if snapshot is None:
+        return {}
+    params: Dict[str, Any] = {f"{name}_below": snapshot.below}
+    if snapshot.pending:
+        params[f"{name}_pending"] = list(snapshot.pending)
+    return params
 

@@ -44,7 +44,7 @@ back to fetching the result into memory.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
 from sqlalchemy import event
@@ -100,12 +100,14 @@ class MaterialisedRows:
         columns: Sequence[str],
         types: Sequence[Any],
         page_rows: Optional[int] = None,
+        params: Optional[Dict[str, Any]] = None,
     ) -> None:
         page_rows = settings.key_page_rows if page_rows is None else page_rows
         if page_rows < 1:
             raise ValueError(f"page_rows must be positive, got {page_rows}")
         self.dbconn = dbconn
         self.query = query
+        self.params = dict(params or {})  # the query's parameter values
         self.columns = list(columns)
         self.types = list(types)
         self.page_rows = page_rows
@@ -138,7 +140,7 @@ class MaterialisedRows:
         dialect = engine.dialect.name
         if dialect not in ("postgresql", "sqlite"):
             with self.dbconn.read() as con:
-                self._memory = rows_to_df(_driver_rows(con.execute(self.query)), self.columns)
+                self._memory = rows_to_df(_driver_rows(con.execute(self.query, self.params)), self.columns)
             self._kind, self.count = "memory", len(self._memory)
             return self
         con = engine.connect()
@@ -159,7 +161,7 @@ class MaterialisedRows:
         where compiling it by hand each run costs tens of milliseconds for a change query."""
         assert self.query is not None
         _install_hook(con.engine)
-        con.execute(self.query, execution_options={_PREFIX_OPTION: prefix}).close()
+        con.execute(self.query, self.params, execution_options={_PREFIX_OPTION: prefix}).close()
 
     def _open_pg(self, con: Connection) -> None:
         # the name is generated here; the query's values stay bound parameters
