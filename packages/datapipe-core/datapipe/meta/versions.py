@@ -81,7 +81,8 @@ def declare_counter(dbconn: DBConn, create: bool) -> None:
             con.execute(table.insert().prefix_with("OR IGNORE").values(id=1, version=0))
 
 
-PG_WRITE_VERSION = "pg_current_xact_id()::text::bigint"
+# a scalar subquery: the server evaluates it once per statement (an InitPlan), not once per row written
+PG_WRITE_VERSION = "(SELECT pg_current_xact_id()::text::bigint)"
 
 
 def write_version(con: Connection) -> int:
