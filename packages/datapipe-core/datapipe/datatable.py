@@ -349,7 +349,7 @@ class DataTable:
 
         def delete() -> None:
             with self.meta_dbconn.transaction():
-                existing = self.meta.get_existing_idx(IndexDF(idx[self.primary_keys]))
+                existing = self.meta.get_existing_idx(IndexDF(keyset.select(idx, self.primary_keys)))
                 self._delete_rows(IndexDF(keyset.sort(existing, self.primary_keys)), at)
 
         self.meta_dbconn.retrying_conflicts(delete, f"deleting rows of table {self.name!r}")

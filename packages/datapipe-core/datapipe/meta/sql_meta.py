@@ -295,7 +295,7 @@ class TableMeta:
         with self.dbconn.begin() as con:
             if versioned:
                 values = {**values, "version": version_value(con)}
-            for chunk in key_chunks(idx[keys]):
+            for chunk in key_chunks(keyset.select(idx, keys)):
                 matched = locked_key_filter(con, t, chunk)
                 sql = update(t).where(matched if where is None else and_(matched, where)).values(**values)
                 if returning:

@@ -125,7 +125,7 @@ class TableStoreDB(TableStore):
     def delete_rows(self, idx: IndexDF) -> None:
         if len(idx) == 0:
             return
-        keys = idx[[k for k in self.primary_keys if k in idx.columns]]
+        keys = keyset.select(idx, [k for k in self.primary_keys if k in idx.columns])
         with self.dbconn.begin() as con:
             for chunk in key_chunks(keys):
                 con.execute(self.data_table.delete().where(locked_key_filter(con, self.data_table, chunk)))
