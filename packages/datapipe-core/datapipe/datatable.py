@@ -305,15 +305,17 @@ class DataTable:
         """Keys in ``scope`` stored before (live, or an unconfirmed write) that ``data_df`` no longer has."""
         keys = self.primary_keys
         if existing is not None:  # ``scope`` has every key column: its metadata is already in ``existing``
-            deletable = existing["delete_ts"].isna() | existing["hash"].isna()
-            live = existing[deletable.to_numpy()]
-            live = live[keyset.isin(live, scope, keys)]
+            live = existing
+            # one mask, one selection: live (or unconfirmed), in scope, gone from ``data_df``
+            gone = (existing["delete_ts"].isna() | existing["hash"].isna()).to_numpy() & keyset.isin(
+                existing, scope, keys)
         else:
             live = self.meta.get_existing_idx(scope, unconfirmed=True)
-        if len(live) == 0:
+            gone = np.ones(len(live), dtype=bool)
+        gone &= ~keyset.isin(live, data_df, keys)
+        if not gone.any():
             return IndexDF(pd.DataFrame(columns=keys))
-        live = keyset.select(live[~keyset.isin(live, data_df, keys)], keys)
-        return IndexDF(live.reset_index(drop=True))
+        return IndexDF(keyset.select(live[gone], keys).reset_index(drop=True))
 
     def store_chunk(
         self,
