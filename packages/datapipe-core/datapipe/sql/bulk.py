@@ -548,7 +548,7 @@ class _JsonRows(TypeDecorator):  # type: ignore[type-arg]
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        return json.dumps([list(r) for r in zip(*value)])
+        return json.dumps(list(zip(*value)))  # JSON writes the row tuples as arrays
 
 
 compiles(KeyTupleIn)(_unsupported)
