@@ -58,9 +58,9 @@ def hash_rows(df: pd.DataFrame, primary_keys: List[str]) -> pd.Series:
     lists, dicts, arrays or bytes are serialised first.
     """
     data_cols = sorted(c for c in df.columns if c not in primary_keys)
-    out = np.full(len(df), _SEED, dtype=np.uint64)
     if not data_cols:
         return pd.Series(np.zeros(len(df), dtype=np.int64), index=df.index)
+    out = np.full(len(df), _SEED, dtype=np.uint64)
     multiplier = _MULTIPLIER
     for i, name in enumerate(data_cols):
         out ^= _column_hash(df[name])
