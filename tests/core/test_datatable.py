@@ -296,3 +296,44 @@ def test_a_first_run_that_drops_keys_writes_the_ordinary_way(ds, dbconn, make_ca
         event.remove(dbconn.con, "before_cursor_execute", count)
     assert len(lookups) == 4  # one metadata read per batch, each done once
     assert_datatable_equal(ds.get_table("out"), df(range(0, 100, 2)))
+
+
+def _ddl(dbconn, table: str) -> str:
+    with dbconn.begin() as con:
+        return con.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).scalar_one()
+
+
+def test_metadata_tables_of_composite_keys_are_clustered_on_sqlite(ds: DataStore, dbconn):
+    """On SQLite a metadata table keyed by more than one INTEGER column is WITHOUT ROWID (one B-tree per
+    key lookup and write); on PostgreSQL the declaration is the same as always."""
+    pair = [Column("a", Integer, primary_key=True), Column("b", String, primary_key=True), Column("v", Integer)]
+    dt2 = ds.create_table("pairs", TableStoreDB(dbconn, "pairs", pair, create_table=True))
+    dt1 = ds.create_table("ones", TableStoreDB(dbconn, "ones", schema(), create_table=True))
+    rows = pd.DataFrame({"a": [2, 1, 1], "b": ["x", "y", "x"], "v": [1, 2, 3]})
+    dt2.store_chunk(rows, now=100.0)
+    dt1.store_chunk(df(range(3)), now=100.0)
+    changed = dt2.store_chunk(rows.assign(v=[1, 2, 4]), now=200.0)
+    assert_idx_equal(changed, pd.DataFrame({"a": [1], "b": ["x"]}))
+    assert_datatable_equal(dt2, rows.assign(v=[1, 2, 4]))
+    if dbconn.is_sqlite:
+        assert "WITHOUT ROWID" in _ddl(dbconn, "pairs_meta")
+        assert "WITHOUT ROWID" not in _ddl(dbconn, "ones_meta")  # its INTEGER key is the rowid already
+        assert "WITHOUT ROWID" not in _ddl(dbconn, "pairs")  # the user's table is left as declared
+
+
+def test_a_metadata_table_created_with_rowids_is_used_as_it_is(dbconn):
+    """A metadata database written before clustered tables (SQLite: rowid tables) keeps working unchanged."""
+    from sqlalchemy import BigInteger, Float, MetaData, Table
+
+    Table("pairs_meta", MetaData(), Column("a", Integer, primary_key=True), Column("b", String, primary_key=True),
+          *[Column(c, BigInteger) for c in ("hash", "version")],
+          *[Column(c, Float) for c in ("create_ts", "update_ts", "process_ts", "delete_ts")]).create(dbconn.con)
+    ds = DataStore(dbconn, create_meta_table=True)
+    pair = [Column("a", Integer, primary_key=True), Column("b", String, primary_key=True), Column("v", Integer)]
+    dt2 = ds.create_table("pairs", TableStoreDB(dbconn, "pairs", pair, create_table=True))
+    rows = pd.DataFrame({"a": [2, 1], "b": ["x", "y"], "v": [1, 2]})
+    dt2.store_chunk(rows, now=100.0)
+    dt2.store_chunk(rows.iloc[:1], processed_idx=rows[["a", "b"]], now=200.0)
+    assert_datatable_equal(dt2, rows.iloc[:1])
+    if dbconn.is_sqlite:
+        assert "WITHOUT ROWID" not in _ddl(dbconn, "pairs_meta")

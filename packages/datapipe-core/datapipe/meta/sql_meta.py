@@ -104,7 +104,7 @@ def _declare(
     missing = dbconn.missing_columns(table_name, [str(c.name) for c in columns if c.name in VERSION_COLUMNS])
     if missing and owner is not None:
         _refuse_shared_name(dbconn, table_name, columns, owner)
-    return dbconn.get_table(table_name, columns, create, indexes, optional=missing), missing
+    return dbconn.get_table(table_name, columns, create, indexes, optional=missing, clustered=True), missing
 
 
 def _refuse_shared_name(dbconn: DBConn, table_name: str, columns: List[Column], owner: str) -> None:
