@@ -472,8 +472,9 @@ class DBConn:
             key = name if name in self.sqla_metadata.tables else f"{self.schema}.{name}"
             table = self.sqla_metadata.tables[key]
         else:
-            options = {"sqlite_with_rowid": False} if clustered and _keyed_by_more_than_rowid(columns) else {}
-            table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes, **options)
+            with_rowid = not (clustered and _keyed_by_more_than_rowid(columns))
+            table = Table(name, self.sqla_metadata, *[copy_column(c) for c in columns], *indexes,
+                          sqlite_with_rowid=with_rowid)
             if is_offline():
                 return table
             with self.begin() as con:  # a table created by an earlier run must still match its declaration
