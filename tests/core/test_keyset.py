@@ -74,3 +74,12 @@ def test_empty_frames() -> None:
     assert keyset.positions(empty, some, KEYS).tolist() == []
     assert keyset.isin(empty, some, KEYS).tolist() == []
     assert keyset.unique(empty) is empty
+
+
+@pytest.mark.parametrize("values", [[3, 1, 3, 2, 1], ["b", "a", "b", None, None], [1.5, 1.5, 2.0], [5, 4, 3]])
+def test_unique_of_one_column_keeps_first_occurrences_and_labels(values: list) -> None:
+    df = pd.DataFrame({"k": values}, index=[10 * i for i in range(len(values))])
+    got = keyset.unique(df)
+    pd.testing.assert_frame_equal(got, df.drop_duplicates())
+    if df["k"].is_unique:
+        assert got is df

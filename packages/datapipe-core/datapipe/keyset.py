@@ -83,13 +83,16 @@ def select(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
 def unique(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` without duplicate rows (returns ``df`` itself when there are none)."""
     if len(df.columns) == 1:
-        col = df.iloc[:, 0]
-        return df if col.is_unique else df.drop_duplicates()
-    codes = int_codes([df], list(df.columns))
-    if codes is not None:
-        duplicated = pd.Index(codes[0]).duplicated()
-        return df[~duplicated] if duplicated.any() else df
-    return df.drop_duplicates()
+        values = df.iloc[:, 0].to_numpy()
+        if values.dtype.kind not in "iu":
+            return df if df.iloc[:, 0].is_unique else df.drop_duplicates()
+    else:
+        codes = int_codes([df], list(df.columns))
+        if codes is None:
+            return df.drop_duplicates()
+        values = codes[0]
+    first = np.unique(values, return_index=True)[1]  # where each distinct key first occurs
+    return df if len(first) == len(df) else df.iloc[np.sort(first)]
 
 
 def unique_if_chunked(df: pd.DataFrame, chunk_rows: int) -> pd.DataFrame:
@@ -125,8 +128,10 @@ def dense_int_range(keys: pd.DataFrame, slack: int = 2) -> Optional[Tuple[int, i
     descent per key (on PostgreSQL a 1 000-key list cost 2.0 ms against 0.6 for the range, measured).
     A table's keys are unique, so the range returns at most ``slack`` times the rows asked for.
     """
-    if len(keys.columns) != 1 or len(keys) == 0 or keys.dtypes.iloc[0].kind not in "iu":
+    if len(keys.columns) != 1 or len(keys) == 0:
         return None
-    col = keys.iloc[:, 0]
-    lowest, highest = int(col.min()), int(col.max())
+    values = keys.iloc[:, 0].to_numpy()  # NumPy's reductions: pandas' cost 0.05 ms a call
+    if values.dtype.kind not in "iu":
+        return None
+    lowest, highest = int(values.min()), int(values.max())
     return (lowest, highest) if highest - lowest < slack * len(keys) else None
