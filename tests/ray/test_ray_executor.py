@@ -8,6 +8,7 @@ results and failures run with both ``writes="driver"`` (workers compute, the dri
 ``writes="workers"`` (each task writes its batch).
 """
 
+import re
 from typing import Any, Dict, List
 
 import pandas as pd
@@ -185,8 +186,8 @@ def test_streams_keys_with_bounded_tasks_in_flight(ray_local, dbconn):
     rc = RunConfig(callback=Watch())
     RayExecutor().run_process_batch(step, ds, count, gen(), step.process_batch, rc, step.executor_config)
     assert count == 10 and pulled == 10 and len(ahead) == 10
-    assert max(ahead) <= 3  # at most 3 in flight (3 were submitted before the first completed)
-    assert ahead[0] == 3
+    assert max(ahead) <= 3  # at most 3 in flight
+    assert ahead[0] == 2  # 3 were pulled and submitted, and no more, before the first completed
     assert sorted(ds.get_table("sf_out").get_data()["id"]) == list(range(40))
 
 
@@ -283,3 +284,90 @@ def test_keys_read_in_pages(ray_local, dbconn):
     assert (first.batches, first.rows) == (8, 30)
     assert sorted(twin.table(twin.ray, "out").get_data()["id"]) == list(range(30))
     assert twin.ray["steps"][0].meta.get_changed_idx_count(twin.ds) == 0
+
+
+@WRITES
+def test_a_failing_batch_among_several_in_one_task(ray_local, dbconn, writes):
+    """``batches_per_task=3``: five batches in two tasks; the third batch of the first task fails and is
+    recorded alone, the batches around it are written, and progress comes once per batch."""
+    ds = DataStore(dbconn, create_meta_table=True)
+    st, ray_side = rp.build(ds, dbconn, "gst"), rp.build(ds, dbconn, "gray")
+    df = words(range(20))
+    df.loc[df["id"] == 9, "a"] = "bad"  # batch 8..11, the third
+    for side in (st, ray_side):
+        ds.get_table(side["tables"]["inp"]).store_chunk(df)
+    run_steps(ds, st["steps"], executor=SingleThreadExecutor())
+    seen = []
+
+    class Recorder(RunStats):
+        def on_step_progress(self, step, completed, total, **stats):
+            super().on_step_progress(step, completed, total, **stats)
+            if step.name == "gray_exclaim":
+                seen.append(completed)
+
+    stats = Recorder()
+    run_steps(ds, ray_side["steps"], RunConfig(callback=stats),
+              executor=RayExecutor(writes=writes, batches_per_task=3))
+    step = ray_side["steps"][0]
+    assert seen == [1, 2, 3, 4, 5]
+    assert stats.steps[step.name].failed == 1 and stats.steps[step.name].batches == 5
+    assert step.meta.get_counts() == {"processed": 20, "failed": 4}
+    failed = step.meta.get_metadata().query("is_success == False")["id"]
+    assert sorted(failed) == [8, 9, 10, 11]
+    for name in ("out", "even", "odd"):
+        got = ds.get_table(ray_side["tables"][name]).get_data()
+        want = ds.get_table(st["tables"][name]).get_data()
+        pd.testing.assert_frame_equal(_sorted(got, ["id", "a"]), _sorted(want, ["id", "a"]))
+
+
+def test_tasks_take_several_cheap_batches_once_their_time_is_known(ray_local, dbconn, caplog):
+    """By default a task holds one batch until batch times are known, then about ``TASK_SECONDS`` of
+    batches; ``parallelism`` still bounds the batches pulled ahead of completion."""
+    ds = DataStore(dbconn, create_meta_table=True)
+    side = rp.build(ds, dbconn, "tg", parallelism=40)
+    ds.get_table("tg_inp").store_chunk(words(range(400)))  # 100 batches of 4 rows, a few ms each
+    step = side["steps"][0]
+    count, batches = step.get_full_process_ids(ds)
+    pulled, ahead = 0, []
+
+    def gen():
+        nonlocal pulled
+        for idx in batches:
+            pulled += 1
+            yield idx
+
+    class Watch(RunStats):
+        def on_step_progress(self, step, completed, total, **stats):
+            super().on_step_progress(step, completed, total, **stats)
+            ahead.append(pulled - completed)
+
+    with caplog.at_level("DEBUG", logger="datapipe.executor.ray"):
+        RayExecutor().run_process_batch(step, ds, count, gen(), step.process_batch, RunConfig(callback=Watch()),
+                                        step.executor_config)
+    tasks = int(re.search(r"100 batches in (\d+) Ray tasks", caplog.text).group(1))
+    assert 40 < tasks < 100  # the first 40 went out alone, before any task had finished
+    assert len(ahead) == 100 and max(ahead) <= 40
+    assert sorted(ds.get_table("tg_out").get_data()["id"]) == list(range(400))
+
+
+def test_task_sizes():
+    from datapipe.executor.ray import MAX_BATCHES_PER_TASK, TASK_SECONDS, _TaskSizer
+
+    sizer = _TaskSizer(None, parallelism=100)
+    assert sizer.next_size() == 1  # nothing known yet
+    sizer.record(seconds=4 * TASK_SECONDS / 10, batches=4)  # a tenth of TASK_SECONDS a batch
+    assert sizer.next_size() == 10
+    sizer.record(seconds=0.0, batches=10_000)  # very cheap batches: capped
+    assert sizer.next_size() == min(MAX_BATCHES_PER_TASK, 100 // 4)
+    slow = _TaskSizer(None, parallelism=100)
+    slow.record(seconds=5 * TASK_SECONDS, batches=1)
+    assert slow.next_size() == 1
+    assert _TaskSizer(None, parallelism=3).limit == 1  # several tasks must stay in flight
+    assert _TaskSizer(8, parallelism=100).next_size() == 8
+    assert _TaskSizer(8, parallelism=5).next_size() == 5
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_batches_per_task_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="batches_per_task"):
+        RayExecutor(batches_per_task=bad)
