@@ -4,10 +4,10 @@
     run_steps(ds, steps, executor=RayExecutor())          # local Ray, or RAY_ADDRESS
     datapipe --executor ray run                             # the same from the CLI
 
-Each batch of keys becomes one Ray task with the step's ``ExecutorConfig`` resources
-(``cpu`` -> ``num_cpus``, default 1; ``gpu`` -> ``num_gpus``; ``memory`` bytes); at most ``parallelism``
-tasks are in flight (100 when None), and key batches are pulled from the step's iterator only as slots free
-up. The step and the ``DataStore`` are shipped once per step run (one object in the Ray object
+Batches of keys become Ray tasks (one batch each, or several: see below) with the step's
+``ExecutorConfig`` resources (``cpu`` -> ``num_cpus``, default 1; ``gpu`` -> ``num_gpus``; ``memory``
+bytes); at most ``parallelism`` batches are in flight (100 when None), and key batches are pulled from
+the step's iterator only as their task can be submitted. The step and the ``DataStore`` are shipped once per step run (one object in the Ray object
 store, so the step's tables and the store share one ``DBConn`` and keep the one-transaction
 durability) and unpickled once per worker process.
 
