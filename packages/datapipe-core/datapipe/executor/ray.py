@@ -7,9 +7,9 @@
 Batches of keys become Ray tasks (one batch each, or several: see below) with the step's
 ``ExecutorConfig`` resources (``cpu`` -> ``num_cpus``, default 1; ``gpu`` -> ``num_gpus``; ``memory``
 bytes); at most ``parallelism`` batches are in flight (100 when None), and key batches are pulled from
-the step's iterator only as their task can be submitted. The step and the ``DataStore`` are shipped once per step run (one object in the Ray object
-store, so the step's tables and the store share one ``DBConn`` and keep the one-transaction
-durability) and unpickled once per worker process.
+the step's iterator only as their task can be submitted. The step and the ``DataStore`` are shipped
+once per step run (one object in the Ray object store, so the step's tables and the store share one
+``DBConn`` and keep the one-transaction durability) and unpickled once per worker process.
 
 Who writes (``writes=``): with ``"workers"`` each task processes its batch completely, writes
 included, as in the single-thread path. With ``"driver"`` (for a ``BatchProcessor`` with the
@@ -22,12 +22,13 @@ takes concurrent writers; see ``benchmarks/README.md`` for the measurements).
 
 Several batches per task (``batches_per_task=``): Ray spends about a millisecond of its own per task
 (submitting it, scheduling it, returning its result), which cheap batches feel: 500 batches of 20 rows
-ran slower through Ray than in one thread (0.84x). By default (``None``) a task holds one batch until
-tasks have reported how long their batches take, then as many as fill about ``TASK_SECONDS`` of work
-(at most ``MAX_BATCHES_PER_TASK``, and at most a quarter of ``parallelism``, so that several tasks
-stay in flight); ``parallelism`` still bounds the batches in flight. The same 500 batches then ran
-1.35x faster than in one thread. A task processes its batches one after the other, each exactly as
-alone (its own transaction, failure record and progress report); an integer fixes the number.
+ran slower through Ray than in one thread (0.84-0.91x on PostgreSQL). By default (``None``) a task
+holds one batch until tasks have reported how long their batches take, then as many as fill about
+``TASK_SECONDS`` of work (at most ``MAX_BATCHES_PER_TASK``, and at most a quarter of ``parallelism``,
+so that several tasks stay in flight); ``parallelism`` still bounds the batches in flight. The same
+500 batches then ran 1.27-1.47x faster than in one thread. A task processes its batches one after the
+other, each exactly as alone (its own transaction, failure record and progress report); an integer
+fixes the number.
 
 A failing batch is recorded in the metadata (by the worker, or by the driver) exactly as in the
 single-thread path and reported to the run callback on the driver; progress is reported on the
@@ -64,7 +65,7 @@ logger = logging.getLogger("datapipe.executor.ray")
 # Per worker process: payload token -> (ds, process_fn), so a step is unpickled once per worker.
 _PAYLOADS: OrderedDict[str, Tuple[Any, Any]] = OrderedDict()
 _MAX_CACHED = 4
-# Tasks in flight when ExecutorConfig.parallelism is None.
+# Batches in flight when ExecutorConfig.parallelism is None.
 DEFAULT_PARALLELISM = 100
 WRITES = ("auto", "driver", "workers")
 # Batches per task when RayExecutor(batches_per_task=None): about this many seconds of work per task.

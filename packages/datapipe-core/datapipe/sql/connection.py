@@ -33,7 +33,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
-from sqlalchemy import Column, Integer, MetaData, Table, create_engine, event, inspect
+from sqlalchemy import INTEGER, Column, Integer, MetaData, Table, create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError, OperationalError
 
@@ -141,7 +141,7 @@ def _keyed_by_more_than_rowid(columns: Sequence[Column]) -> bool:
     """Whether a SQLite table of ``columns`` has a primary key other than one ``INTEGER`` column (an
     alias of the rowid, whose rows are already kept in key order)."""
     keys = [c for c in columns if c.primary_key]
-    return bool(keys) and not (len(keys) == 1 and type(keys[0].type) is Integer)
+    return bool(keys) and not (len(keys) == 1 and type(keys[0].type) in (Integer, INTEGER))
 
 
 def _sqlite_file(url: str) -> Optional[str]:
