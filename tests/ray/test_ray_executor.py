@@ -345,7 +345,8 @@ def test_tasks_take_several_cheap_batches_once_their_time_is_known(ray_local, db
         RayExecutor().run_process_batch(step, ds, count, gen(), step.process_batch, RunConfig(callback=Watch()),
                                         step.executor_config)
     tasks = int(re.search(r"100 batches in (\d+) Ray tasks", caplog.text).group(1))
-    assert 40 < tasks < 100  # the first 40 went out alone, before any task had finished
+    # one batch per task until the first task reported; then up to 40 // 4 = 10 a task (batches of a few ms)
+    assert 10 <= tasks < 100
     assert len(ahead) == 100 and max(ahead) <= 40
     assert sorted(ds.get_table("tg_out").get_data()["id"]) == list(range(400))
 
