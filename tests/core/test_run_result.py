@@ -68,6 +68,28 @@ def test_failed_keys_exception_and_user_traceback(ds, inverting):
         result.raise_for_failures()
 
 
+def test_a_batch_the_database_refuses_on_a_first_run_is_recorded_with_its_keys(ds, make_catalog):
+    """On PostgreSQL a first run sends new rows in pipeline mode and learns of a refusal late; the
+    refused batch is still recorded as failed with its keys, and every other batch lands."""
+    strict = [Column("id", Integer, primary_key=True), Column("n", Integer, nullable=False)]
+    catalog = make_catalog(numbers=numbers_schema(), inverse=strict)
+
+    def invert_or_null(numbers: pd.DataFrame) -> pd.DataFrame:
+        return numbers.assign(n=numbers["n"].map(lambda n: 100 // n if n else None).astype("Int64"))
+
+    pipeline = Pipeline([BatchTransform(invert_or_null, ["numbers"], ["inverse"], chunk_size=2, name="inv")])
+    steps = build_compute(ds, catalog, pipeline)
+    ds.get_table("numbers").store_chunk(pd.DataFrame({"id": range(1, 9), "n": [5, 4, 2, 0, 1, 10, 20, 25]}))
+    inv = run_steps(ds, steps)["inv"]
+    assert (inv.failed_batches, inv.failed_keys, inv.changed) == (1, 2, 6)
+    assert sorted(inv.errors[0].keys["id"]) == [3, 4] and "null" in inv.errors[0].message.lower()
+    stored = ds.get_table("inverse").get_data().sort_values("id")
+    assert stored["id"].tolist() == [1, 2, 5, 6, 7, 8] and stored["n"].tolist() == [20, 25, 100, 10, 5, 4]
+    meta = steps[0].meta.get_metadata().sort_values("id")
+    assert meta["id"].tolist() == list(range(1, 9))
+    assert meta["is_success"].astype(bool).tolist() == [True, True, False, False, True, True, True, True]
+
+
 def test_fail_fast_raises_the_function_error(ds, inverting):
     catalog, pipeline, steps = inverting
     ds.get_table("numbers").store_chunk(pd.DataFrame({"id": [1, 2], "n": [0, 1]}))
