@@ -4,11 +4,14 @@ See ``datapipe.meta.versions`` for change versions and snapshots, and ``datapipe
 for the watermarks. For each input ``i`` the query takes the input's changed metadata rows
 (rows not visible in the watermark snapshot, or given by key for change lists), maps them to
 transform keys, and, when the input holds only some of the transform keys, expands them with
-the live keys of the inputs that hold the rest and with keys the step processed before (so
-deletions reach old outputs). Keys whose recorded snapshot already saw the change are dropped;
-keys whose last attempt failed are added. Processed keys are looked up by the input's key columns:
-when those are no prefix of the step table's primary key, the step declares an index on them
-(``ChangeQuery.previous_lookups``), so a change to one side of a cross join reads only its pairs.
+the live keys of the inputs that hold the rest and with those keys the step processed before
+whose other parts are no longer live (so deletions reach old outputs; a processed key whose
+parts are all live is among the first expansion already, and looking it up again cost a cross
+join's rerun a third of its change query). Keys whose recorded snapshot already saw the change
+are dropped; keys whose last attempt failed are added. Processed keys are looked up by the
+input's key columns: when those are no prefix of the step table's primary key, the step
+declares an index on them (``ChangeQuery.previous_lookups``), so a change to one side of a
+cross join reads only its pairs.
 
 A full run does not fetch the keys the query returns: ``ChangeQuery.materialise`` has the
 database evaluate it once and hold the result (a ``WITH HOLD`` cursor on PostgreSQL, a temporary
@@ -153,10 +156,20 @@ class ChangeQuery:
         expanded = select(*[cols[k].label(k) for k in self.keys], base.c.u).select_from(joined)
         t = self.tr.sql_table.alias(f"p{n}")
         on_prev = [t.c[k] == base.c[k] for k in inp.columns]
-        previous = select(*[t.c[k].label(k) for k in self.keys], base.c.u).select_from(
-            base.join(t, and_(*on_prev) if on_prev else true())
+        # a processed key whose other parts are all live is a row of ``expanded`` already
+        all_live = and_(*[self._is_live(src, f"x{n}_{s}", t) for s, src in enumerate(self._expansion_sources(inp))])
+        previous = (
+            select(*[t.c[k].label(k) for k in self.keys], base.c.u)
+            .select_from(base.join(t, and_(*on_prev) if on_prev else true()))
+            .where(~all_live)
         )
         return [expanded, previous]
+
+    @staticmethod
+    def _is_live(src: InputKeys, alias: str, t: Any) -> Any:
+        """SQL: input ``src`` has a live row with the transform-key values of step-meta row ``t``."""
+        m = src.meta.sql_table.alias(alias)
+        return exists().where(m.c.delete_ts.is_(None), *[m.c[col] == t.c[tk] for tk, col in src.columns.items()])
 
     def build(
         self,
