@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
 )
 
-from datapipe.sql.bulk import UNNEST_MIN_ROWS, bulk_upsert
+from datapipe.sql.bulk import UNNEST_MIN_ROWS, IntCodes, bulk_upsert
 from datapipe.sql.connection import DBConn
 from datapipe.sql.rows import key_filter
 
@@ -163,6 +163,61 @@ def test_composite_key_filter_selects_the_same_rows_as_python(dbconn: DBConn, ke
         con.execute(table.delete().where(key_filter(table, idx)))
         left = {tuple(r) for r in con.execute(select(table)).fetchall()}
     assert left == {k for k in universe if k not in wanted}
+
+
+INT_KEY_SETS = {
+    # (a, b, c) keys; SQLite sends the first three as one JSON array of IntCodes, the last as key rows
+    "dense": [(a, b, a % 3) for a in range(40) for b in range(25)],
+    "negative": [(-5, -(2**40), 7), (0, 0, 0), (3, 2**40, -7), (-5, 2**40, 7)],
+    "int64 ends": [(-(2**62), 1, 0), (2**62, 0, 1)],
+    "too wide for codes": [(-(2**63), 0, 0), (2**63 - 1, 1, 1), (0, 2**62, 2)],
+}
+
+
+@pytest.mark.parametrize("keys", list(INT_KEY_SETS.values()), ids=list(INT_KEY_SETS))
+def test_integer_composite_keys_filter_and_mark_exactly(dbconn: DBConn, keys: list) -> None:
+    """Composite integer keys: a key filter selects and deletes exactly the keys asked for, and rows that
+    differ only in their keys (a step marking keys processed) are inserted, then updated, exactly; on
+    SQLite as one statement whether or not the keys fit in ``IntCodes``."""
+    table = Table(
+        "ik_t", MetaData(), *[Column(c, BigInteger, primary_key=True) for c in "abc"], Column("v", Float),
+        Column("s", String),
+    )
+    with dbconn.con.begin() as con:
+        table.create(con)
+    others = [(a + 1, b, c) for a, b, c in keys if a + 1 < 2**63] + [(a, b, c + 1) for a, b, c in keys]
+    universe = sorted(set(keys) | set(others))
+    sent = []
+    event.listen(dbconn.con, "before_cursor_execute", lambda *args: sent.append((args[2], args[5])))
+    for v in (1.5, 2.5):
+        df = pd.DataFrame(universe, columns=["a", "b", "c"]).assign(v=v, s="x")
+        with dbconn.begin() as con:
+            bulk_upsert(con, table, df, ["a", "b", "c", "v", "s"], ["a", "b", "c"])
+    if dbconn.is_sqlite and len(universe) >= UNNEST_MIN_ROWS:
+        assert [many for sql, many in sent if "INSERT" in sql] == [False, False]
+    with dbconn.begin() as con:
+        assert sorted(tuple(r) for r in con.execute(select(table)).fetchall()) == [(*k, 2.5, "x") for k in universe]
+    idx = pd.DataFrame(keys, columns=["a", "b", "c"])
+    with dbconn.begin() as con:
+        got = sorted(tuple(r[:3]) for r in con.execute(select(table).where(key_filter(table, idx))).fetchall())
+    assert got == sorted(set(keys))
+    with dbconn.begin() as con:
+        con.execute(table.delete().where(key_filter(table, idx)))
+        left = sorted(tuple(r[:3]) for r in con.execute(select(table)).fetchall())
+    assert left == sorted(set(universe) - set(keys))
+
+
+def test_int_codes_round_trip_and_refuse_what_does_not_fit() -> None:
+    values = [[-3, 0, 7, 7], [2**40, -(2**40), 0, 1], [0, 1, 2, 1]]
+    codes = IntCodes.plan(values)
+    assert codes is not None
+    encoded = codes.encode(values)
+    assert min(encoded) >= 0 and len(set(encoded)) == 4
+    decoded = [[code // w % s + low for code in encoded] for w, s, low in zip(codes.weights, codes.spans, codes.lows)]
+    assert decoded == values
+    assert IntCodes.plan([[0, 2**62], [0, 2]]) is None  # 2**62 + 1 values times 3: over 63 bits
+    assert IntCodes.plan([[0, 1], [True, False]]) is None  # bools are not integer keys here
+    assert IntCodes.plan([[0, 1], ["a", "b"]]) is None
 
 
 @pytest.mark.parametrize("n", [3, UNNEST_MIN_ROWS + 7])

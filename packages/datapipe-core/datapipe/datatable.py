@@ -178,8 +178,8 @@ class DataTable:
         """Stored metadata of the keys of ``data_df`` (and of ``processed_idx`` when it has every key column)."""
         keys = self.primary_keys
         idx = keyset.select(data_df, keys)
-        if full_keys and processed_idx is not None:
-            idx = pd.concat([idx, keyset.select(processed_idx, keys)], ignore_index=True)
+        if full_keys and processed_idx is not None:  # mostly the same keys: look each up once
+            idx = keyset.unique(pd.concat([idx, keyset.select(processed_idx, keys)], ignore_index=True))
         if len(idx) == 0:
             return pd.DataFrame(columns=[*keys, "hash", "create_ts", "delete_ts"])
         return self.meta.lookup(IndexDF(idx))

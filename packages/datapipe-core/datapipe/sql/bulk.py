@@ -1,9 +1,9 @@
 """Bulk SQL writes with as little per-row work as the driver allows.
 
 ``bulk_upsert`` writes a DataFrame with one ``INSERT ... ON CONFLICT DO UPDATE`` handed to the
-driver's ``executemany`` as plain tuples (SQLite, where rows that differ only in a single key column
-go as one ``INSERT ... SELECT FROM json_each(?)`` instead; psycopg 3 pipelines them), or, on PostgreSQL with
-psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) ON CONFLICT`` with
+driver's ``executemany`` as plain tuples (SQLite, where rows that differ only in their key, one column
+or several integer ones, go as one ``INSERT ... SELECT FROM json_each(?)`` instead; psycopg 3
+pipelines them), or, on PostgreSQL with psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) ON CONFLICT`` with
 one array parameter per column (one round trip per chunk); a column with one value in every row (a
 batch's timestamps, flags, NULLs) goes as one plain parameter instead. SQLAlchemy's per-row parameter
 processing (dicts, type processors) is skipped for columns whose type needs none; columns that need
@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
     ARRAY,
@@ -168,6 +169,51 @@ def key_array_literal(values: List[Any]) -> str:
 def _constant(values: List[Any]) -> bool:
     """Whether a non-empty column holds one value in every row."""
     return values.count(values[0]) == len(values)
+
+
+@dataclass(frozen=True)
+class IntCodes:
+    """Several integer key columns folded into one non-negative integer per row, for SQLite: one flat
+    JSON array of codes binds and parses faster than an array of key rows (1 000 keys of two columns:
+    ``json_each`` lookup 1.3 ms against 2.0, ``json.dumps`` 0.17 ms against 0.35), and SQL gets column
+    ``j`` back as ``code / weights[j] % spans[j] + lows[j]``."""
+
+    lows: Tuple[int, ...]
+    spans: Tuple[int, ...]
+    weights: Tuple[int, ...]  # the last column's is 1, each earlier one's the product of the later spans
+
+    @classmethod
+    def plan(cls, values: Sequence[List[Any]]) -> Optional[IntCodes]:
+        """Codes for per-column value lists that are all ints (not bools) and whose ranges multiply to
+        under 2**63; None otherwise."""
+        if not values or not len(values[0]) or not all(set(map(type, v)) == {int} for v in values):
+            return None
+        lows = tuple(min(v) for v in values)
+        spans = tuple(max(v) - low + 1 for v, low in zip(values, lows))
+        weights, capacity = [], 1
+        for span in reversed(spans):
+            weights.append(capacity)
+            capacity *= span
+        if capacity >= 2**63 or min(lows) < -(2**63) or max(low + span for low, span in zip(lows, spans)) > 2**63:
+            return None
+        return cls(lows, spans, tuple(reversed(weights)))
+
+    def encode(self, values: Sequence[List[Any]]) -> List[int]:
+        codes = np.zeros(len(values[0]), dtype=np.int64)
+        for v, low, weight in zip(values, self.lows, self.weights):
+            codes += (np.asarray(v, dtype=np.int64) - low) * weight
+        return codes.tolist()  # type: ignore[no-any-return]
+
+    def decoders(self) -> List[int]:
+        """``weight, span, low`` of each column, for the ``?`` of ``decode_sql``."""
+        return [n for triple in zip(self.weights, self.spans, self.lows) for n in triple]
+
+    @staticmethod
+    def decode_sql(width: int, value: str = "value", params: Optional[Sequence[str]] = None) -> List[str]:
+        """SQL for each of ``width`` columns of code ``value``; ``params``: the placeholders of
+        ``decoders()`` in order (default ``?``)."""
+        p = list(params) if params is not None else ["?"] * (3 * width)
+        return [f"{value} / {p[3 * j]} % {p[3 * j + 1]} + {p[3 * j + 2]}" for j in range(width)]
 
 
 def _array_literal(values: List[Any], kind: str) -> Any:
@@ -354,25 +400,38 @@ def _json_each_upsert(
     con: Connection, table: Table, columns: Sequence[str], values: List[List[Any]], keys: Sequence[str],
     extra: Dict[str, str],
 ) -> bool:
-    """SQLite, rows that differ only in a single key column of ints or strs (a step marking keys
-    processed): ``INSERT ... SELECT value, ?, ... FROM json_each(?)``, the keys as one JSON parameter and
-    every other column as one plain parameter. About six times faster than ``executemany`` for 1 000
-    rows. False (nothing written) when the rows do not have that shape."""
-    if len(keys) != 1 or columns[0] != keys[0] or len(values[0]) < UNNEST_MIN_ROWS or not _one_key_type(values[0]):
+    """SQLite, rows that differ only in their key columns (a step marking keys processed):
+    ``INSERT ... SELECT value, ?, ... FROM json_each(?)``, the keys as one JSON parameter (several
+    integer key columns as ``IntCodes``) and every other column as one plain parameter. About six
+    times faster than ``executemany`` for 1 000 rows of one key column. False (nothing written) when
+    the rows do not have that shape."""
+    n_keys = len(keys)
+    if list(columns[:n_keys]) != list(keys) or len(values[0]) < UNNEST_MIN_ROWS:
         return False
-    if not all(map(_constant, values[1:])) or not _json_exact(values[0]):
+    if not all(map(_constant, values[n_keys:])):
         return False
+    if n_keys == 1:
+        if not (_one_key_type(values[0]) and _json_exact(values[0])):
+            return False
+        selected, params = ["value"], []
+        keys_json = json.dumps(values[0])
+    else:
+        codes = IntCodes.plan(values[:n_keys])
+        if codes is None:
+            return False
+        selected, params = IntCodes.decode_sql(n_keys), codes.decoders()
+        keys_json = json.dumps(codes.encode(values[:n_keys]))
     cache_key = ("json_each", table, tuple(columns), tuple(keys), *extra.items())
     sql = _SQL_CACHE.get(cache_key)
     if sql is None:
         target = con.dialect.identifier_preparer.format_table(table)
         cols = ", ".join(_quote(con, c) for c in [*columns, *extra])
-        selected = ", ".join(["value", *["?"] * (len(columns) - 1), *extra.values()])
+        picked = ", ".join([*selected, *["?"] * (len(columns) - n_keys), *extra.values()])
         # "WHERE true": without it SQLite would read ON CONFLICT as part of the join
-        sql = f"INSERT INTO {target} ({cols}) SELECT {selected} FROM json_each(?) WHERE true"
+        sql = f"INSERT INTO {target} ({cols}) SELECT {picked} FROM json_each(?) WHERE true"
         sql += _conflict_clause(con, [*columns, *extra], keys)
         _SQL_CACHE[cache_key] = sql
-    con.exec_driver_sql(sql, (*[vals[0] for vals in values[1:]], json.dumps(values[0])))
+    con.exec_driver_sql(sql, (*params, *[vals[0] for vals in values[n_keys:]], keys_json))
     return True
 
 
@@ -568,10 +627,50 @@ def _key_tuple_in_postgresql(element: KeyTupleIn, compiler: Any, **kw: Any) -> s
     return f"({cols}) IN (SELECT * FROM unnest({arrays}))"
 
 
+class KeyCodesIn(KeyTupleIn):
+    """``KeyTupleIn`` of integer columns: on SQLite the rows go as one JSON array of ``IntCodes``,
+    decoded in SQL with three bound integers per column (so the statement text stays the same)."""
+
+    inherit_cache = True
+    _traverse_internals = traverse(
+        ("columns", "clauseelement_list"), ("codes", "clauseelement"), ("decoders", "clauseelement_list"),
+        ("arrays", "clauseelement_list"),
+    )
+
+    def __init__(self, columns: Sequence[Any], values: Sequence[List[Any]], codes: IntCodes) -> None:
+        self.columns = list(columns)
+        self.codes = bindparam(None, (codes, values), type_=_JsonCodes(), unique=True)
+        self.decoders = [bindparam(None, n, type_=Integer(), unique=True) for n in codes.decoders()]
+        self.arrays = [bindparam(None, list(v), type_=_KeyArray(c.type), unique=True) for c, v in zip(columns, values)]
+
+
+class _JsonCodes(TypeDecorator):  # type: ignore[type-arg]
+    """``(IntCodes, per-column value lists)`` bound as the JSON array of the rows' codes."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        codes, values = value
+        return json.dumps(codes.encode(values))
+
+
+compiles(KeyCodesIn)(_unsupported)
+compiles(KeyCodesIn, "postgresql")(_key_tuple_in_postgresql)
+
+
+@compiles(KeyCodesIn, "sqlite")
+def _key_codes_in_sqlite(element: KeyCodesIn, compiler: Any, **kw: Any) -> str:
+    cols = ", ".join(compiler.process(c, **kw) for c in element.columns)
+    parts = IntCodes.decode_sql(len(element.columns), params=[compiler.process(d, **kw) for d in element.decoders])
+    return f"({cols}) IN (SELECT {', '.join(parts)} FROM json_each({compiler.process(element.codes, **kw)}))"
+
+
 def key_tuple_in(columns: Sequence[Any], values: Sequence[List[Any]]) -> ColumnElement[bool]:
     """``(columns) IN rows`` for per-column value lists; one parameter per column when all are ints or strs."""
     if values and len(values[0]) and all(_one_key_type(vals) for vals in values):
-        return KeyTupleIn(columns, values)
+        codes = IntCodes.plan(values)
+        return KeyTupleIn(columns, values) if codes is None else KeyCodesIn(columns, values, codes)
     from sqlalchemy import tuple_
 
     return tuple_(*columns).in_(list(zip(*values)))  # type: ignore[no-any-return]
