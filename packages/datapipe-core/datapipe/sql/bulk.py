@@ -1,13 +1,13 @@
 """Bulk SQL writes with as little per-row work as the driver allows.
 
-``bulk_upsert`` writes a DataFrame with one ``INSERT ... ON CONFLICT DO UPDATE`` handed to the
-driver's ``executemany`` as plain tuples (SQLite, where rows that differ only in their key, one column
-or several integer ones, go as one ``INSERT ... SELECT FROM json_each(?)`` instead; psycopg 3
-pipelines them), or, on PostgreSQL with psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) ON CONFLICT`` with
-one array parameter per column (one round trip per chunk); a column with one value in every row (a
-batch's timestamps, flags, NULLs) goes as one plain parameter instead. SQLAlchemy's per-row parameter
-processing (dicts, type processors) is skipped for columns whose type needs none; columns that need
-one (JSON, DateTime on SQLite, ...) are processed like SQLAlchemy would.
+``bulk_upsert`` writes a DataFrame with one ``INSERT ... ON CONFLICT DO UPDATE`` handed to the driver's
+``executemany`` as plain tuples (SQLite, where rows that differ only in their key, one column or several
+integer ones, go as one ``INSERT ... SELECT FROM json_each(?)`` instead; psycopg 3 pipelines them), or,
+on PostgreSQL with psycopg 3, as ONE statement ``INSERT ... SELECT * FROM unnest(%s::type[], ...) ON
+CONFLICT`` with one array parameter per column (one round trip per chunk); a column with one value in
+every row (a batch's timestamps, flags, NULLs) goes as one plain parameter instead. SQLAlchemy's per-row
+parameter processing (dicts, type processors) is skipped for columns whose type needs none; columns that
+need one (JSON, DateTime on SQLite, ...) are processed like SQLAlchemy would.
 
 Rows the caller believes new (``new=True``: their keys were never recorded) are written on
 PostgreSQL with a plain ``INSERT`` inside a savepoint, which costs the server about a third less
