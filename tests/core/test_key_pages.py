@@ -18,6 +18,7 @@ from datapipe.compute import Pipeline, build_compute, run_steps
 from datapipe.run_callback import RunCallback
 from datapipe.run_config import RunConfig
 from datapipe.sql.pages import MaterialisedRows
+from datapipe.step import batch_transform
 from datapipe.step.batch_transform import BatchTransform
 from datapipe.testing import assert_datatable_equal
 
@@ -115,6 +116,38 @@ def test_pages_hand_out_every_key_once_while_inputs_change(ds, make_catalog, dbc
     final = inp.get_data()
     assert len(final) == 23  # 22 left of the first 23, plus 100
     assert_datatable_equal(out, bang(final))
+    assert step.meta.get_changed_idx_count(ds) == 0
+
+
+def test_a_full_run_takes_one_snapshot_per_page_of_keys(ds, make_catalog, monkeypatch):
+    """The batches of a page record the snapshot taken as the page was handed out (one round trip per page
+    on PostgreSQL, not one per batch); a change committed between two pages is seen by the later page."""
+    catalog = make_catalog(inp=cols("id"), out=cols("id"))
+    steps = build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], chunk_size=2)]))
+    step = steps[0]
+    step.key_page_rows = 4  # 10 keys: pages of 4, 4, 2 keys; 5 batches
+    inp, out = ds.get_table("inp"), ds.get_table("out")
+    inp.store_chunk(rows(range(10)))
+    taken = []
+    original = batch_transform.take_snapshot
+
+    def counted(dbconn):
+        taken.append(original(dbconn))
+        return taken[-1]
+
+    monkeypatch.setattr(batch_transform, "take_snapshot", counted)
+
+    class ChangeAfterFirstBatch(RunCallback):
+        def on_step_progress(self, step, completed, total, **stats):
+            if completed == 1:  # key 1 is in the first page (its snapshot is older), key 9 in the last
+                inp.store_chunk(rows([1, 9], "changed"))
+
+    run_steps(ds, steps, RunConfig(callback=ChangeAfterFirstBatch()))
+    assert len(taken) == 3  # one per page
+    assert_datatable_equal(out, bang(pd.concat([rows([i for i in range(10) if i != 9]), rows([9], "changed")])))
+    assert sorted(step.meta.get_changed_idx(None)[0]["id"]) == [1]  # 9 was read after its change: not pending
+    run_steps(ds, steps)
+    assert_datatable_equal(out, bang(inp.get_data()))
     assert step.meta.get_changed_idx_count(ds) == 0
 
 

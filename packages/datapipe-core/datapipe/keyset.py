@@ -77,8 +77,8 @@ def select(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
         return df
     if len(cols) == 1:
         return df[cols[0]].to_frame()  # several times cheaper than df[[col]] (pandas 3)
-    positions = [df.columns.get_loc(c) for c in cols]
-    if all(type(p) is int for p in positions):  # unique column names: by position, 4x cheaper than df[cols]
+    positions = [p for p in map(df.columns.get_loc, cols) if type(p) is int]  # a name used twice: not an int
+    if len(positions) == len(cols):  # by position: about 4x cheaper than df[cols]
         return df.take(positions, axis=1)
     return pd.DataFrame({c: df[c] for c in cols})
 

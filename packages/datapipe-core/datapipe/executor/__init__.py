@@ -8,9 +8,9 @@ Further executors are contributed by plugins (``datapipe_executors`` hook).
 A batch is two halves: *prepare* (take the snapshot, read the inputs, call the function) and
 *write* (the unit of work: outputs, their metadata and the step's state, committed together). A
 step whose ``process_fn`` is a ``BatchProcessor`` exposes the halves, so an executor may run them
-in different places. Batches may be prepared before earlier ones are written: each batch takes its
-snapshot before it reads, so whatever an earlier batch commits after a later one read is seen as
-a change by the next run (``datapipe.meta.versions``).
+in different places. Batches may be prepared before earlier ones are written: each batch records a
+snapshot taken before it reads (its own, or in a full run its page's), so whatever an earlier batch
+commits after a later one read is seen as a change by the next run (``datapipe.meta.versions``).
 
 A write may be left *in flight* (``PreparedBatch.in_flight``): on PostgreSQL a first run's unit of
 work is sent through its ``COMMIT`` in pipeline mode and its outcome read only by ``finish``.

@@ -10,8 +10,9 @@ into batches of ``chunk_size``, and for each batch
 2. calls the function,
 3. in one metadata transaction: writes the outputs (rows the function no longer returns for
    these keys are deleted) and records the keys as processed, together with the version
-   snapshot taken before step 1 (``datapipe.meta.versions``): any input change that commits
-   after the read is not visible in it, so the next run picks the key up again.
+   snapshot taken before step 1 (``datapipe.meta.versions``; in a full run, one taken as the batch's
+   page of keys was read): any input change that commits after it is not visible in it, so the
+   next run picks the key up again.
 
 A failing batch is recorded (``is_success=False`` with the error text) and retried next run.
 Only after every batch of a complete, unfiltered run is the run's snapshot stored as the inputs'
@@ -270,6 +271,7 @@ class BaseBatchTransformStep(ComputeStep):
         self.chunk_size = chunk_size
         self.fresh_keys = False  # during a first run: see _run_full
         self.fresh_outputs: Set[str] = set()
+        self.page_snapshot: Optional[Snapshot] = None  # during a full run: see _paged_batches
         self.key_page_rows: Optional[int] = None  # None: settings.key_page_rows (see page_rows)
         self.filters = filters
         self.order_by = order_by
@@ -331,13 +333,24 @@ class BaseBatchTransformStep(ComputeStep):
         rows = self.key_page_rows if self.key_page_rows is not None else settings.key_page_rows
         return size * max(1, rows // size)
 
-    def _paged_batches(self, keys: MaterialisedRows, chunk_size: Optional[int] = None) -> Tuple[int, Iterator[IndexDF]]:
+    def _paged_batches(
+        self, keys: MaterialisedRows, chunk_size: Optional[int] = None, page_snapshots: bool = False
+    ) -> Tuple[int, Iterator[IndexDF]]:
         """Batches of ``chunk_size`` keys cut from the pages of ``keys``; the iterator closes ``keys``
-        when exhausted or closed."""
+        when exhausted or closed.
+
+        ``page_snapshots``: before handing out a page's first batch, take the snapshot that its batches
+        record (``page_snapshot``, see ``read_and_compute``). It is taken before any of them reads, which
+        is all the snapshot must be: an older one only makes the next run redo a key changed since.
+        One per page instead of one per batch saves a round trip a batch on PostgreSQL (10 % of a
+        first run of 1 M rows), and a page's batches are read within moments of each other.
+        """
         size = chunk_size or self.chunk_size
 
         def batches() -> Iterator[IndexDF]:
             for page in keys.pages():
+                if page_snapshots:
+                    self.page_snapshot = take_snapshot(self.meta.dbconn)
                 for i in range(0, len(page), size):
                     yield IndexDF(page.iloc[i : i + size].reset_index(drop=True))
 
@@ -400,7 +413,7 @@ class BaseBatchTransformStep(ComputeStep):
     def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
         keys, snapshot = self.meta.open_changed_keys(run_config, self.page_rows())
         with keys:
-            count, batches = self._paged_batches(keys)
+            count, batches = self._paged_batches(keys, page_snapshots=True)
             logger.info("step %s: %d keys to process in %d batches", self.name, keys.count, count)
             # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``);
             # not worth a round trip for a single batch
@@ -413,6 +426,7 @@ class BaseBatchTransformStep(ComputeStep):
             finally:
                 self.fresh_keys = False
                 self.fresh_outputs = set()
+                self.page_snapshot = None
         if self.meta.can_advance_watermark(run_config):
             self.meta.set_watermarks({ci.name: snapshot for ci in self.input_dts})
 
@@ -473,7 +487,8 @@ class BaseBatchTransformStep(ComputeStep):
         """Snapshot, read and call the function, writing nothing; an error is returned in the outcome, not raised."""
         run_config = run_config or RunConfig()
         try:
-            snapshot = take_snapshot(ds.meta_dbconn)  # before reading: later input changes stay unseen
+            # before reading: later input changes stay unseen (a full run's batches: their page's snapshot)
+            snapshot = self.page_snapshot if self.page_snapshot is not None else take_snapshot(ds.meta_dbconn)
             idx = self.filtered_idx(idx, run_config)
             if len(idx) == 0:
                 return BatchOutcome(idx)
