@@ -32,9 +32,10 @@ Both give the same two guarantees the change query (``datapipe.meta.changes``) r
 So a step records, per processed key, a snapshot taken *before* it read the key's inputs
 (``seen_below``/``seen_pending`` in ``<step>_meta``: the batch's own, or in a full run one taken as
 the batch's page of keys was read; an older one only makes the next run redo a key), and per input
-the snapshot taken before a complete run started (``datapipe_watermarks``). A change is new for a key exactly when its
-version is not visible in the key's snapshot; a run scans only rows not visible in the
-watermark snapshot (an index range scan on ``version``, plus point lookups of the pending ids).
+the snapshot taken before a complete run started (``datapipe_watermarks``). A change is new for a
+key exactly when its version is not visible in the key's snapshot; a run scans only rows not
+visible in the watermark snapshot (an index range scan on ``version``, plus point lookups of the
+pending ids).
 """
 
 from __future__ import annotations
