@@ -322,7 +322,10 @@ def test_a_failing_batch_among_several_in_one_task(ray_local, dbconn, writes):
 
 def test_tasks_take_several_cheap_batches_once_their_time_is_known(ray_local, dbconn, caplog):
     """By default a task holds one batch until batch times are known, then about ``TASK_SECONDS`` of
-    batches; ``parallelism`` still bounds the batches pulled ahead of completion."""
+    batches; until then at most ``PROBE_TASKS_PER_SLOT`` tasks per task slot are out (2 CPUs, tasks of
+    half a CPU: 4 slots), and ``parallelism`` always bounds the batches pulled ahead of completion."""
+    from datapipe.executor.ray import PROBE_TASKS_PER_SLOT
+
     ds = DataStore(dbconn, create_meta_table=True)
     side = rp.build(ds, dbconn, "tg", parallelism=40)
     ds.get_table("tg_inp").store_chunk(words(range(400)))  # 100 batches of 4 rows, a few ms each
@@ -348,6 +351,8 @@ def test_tasks_take_several_cheap_batches_once_their_time_is_known(ray_local, db
     # one batch per task until the first task reported; then up to 40 // 4 = 10 a task (batches of a few ms)
     assert 10 <= tasks < 100
     assert len(ahead) == 100 and max(ahead) <= 40
+    assert step.executor_config.cpu == 0.5
+    assert ahead[0] <= 4 * PROBE_TASKS_PER_SLOT - 1  # one-batch tasks, one of them done
     assert sorted(ds.get_table("tg_out").get_data()["id"]) == list(range(400))
 
 
@@ -366,6 +371,19 @@ def test_task_sizes():
     assert _TaskSizer(None, parallelism=3).limit == 1  # several tasks must stay in flight
     assert _TaskSizer(8, parallelism=100).next_size() == 8
     assert _TaskSizer(8, parallelism=5).next_size() == 5
+
+
+def test_task_sizer_holds_tasks_back_only_until_the_first_report():
+    from datapipe.executor.ray import PROBE_TASKS_PER_SLOT, _TaskSizer
+
+    sizer = _TaskSizer(None, parallelism=100, slots=2)
+    assert not sizer.holds(2 * PROBE_TASKS_PER_SLOT - 1)
+    assert sizer.holds(2 * PROBE_TASKS_PER_SLOT)
+    sizer.record(seconds=0.01, batches=1)
+    assert not sizer.holds(99)
+    assert not _TaskSizer(None, parallelism=100).holds(99)  # slots unknown: parallelism alone bounds
+    assert _TaskSizer(None, parallelism=100).holds(100)
+    assert not _TaskSizer(4, parallelism=100, slots=2).holds(50)  # a fixed size needs no probe
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5])

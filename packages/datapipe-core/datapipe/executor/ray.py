@@ -23,12 +23,15 @@ takes concurrent writers; see ``benchmarks/README.md`` for the measurements).
 Several batches per task (``batches_per_task=``): Ray spends about a millisecond of its own per task
 (submitting it, scheduling it, returning its result), which cheap batches feel: 500 batches of 20 rows
 ran slower through Ray than in one thread (0.84-0.91x on PostgreSQL). By default (``None``) a task
-holds one batch until tasks have reported how long their batches take, then as many as fill about
+holds one batch until a task has reported how long its batches took, then as many as fill about
 ``TASK_SECONDS`` of work (at most ``MAX_BATCHES_PER_TASK``, and at most a quarter of ``parallelism``,
-so that several tasks stay in flight); ``parallelism`` still bounds the batches in flight. The same
-500 batches then ran 1.27-1.47x faster than in one thread. A task processes its batches one after the
+so that several tasks stay in flight); ``parallelism`` still bounds the batches in flight. Until that
+first report at most ``PROBE_TASKS_PER_SLOT`` one-batch tasks per task slot (the cluster's CPUs over
+the task's ``num_cpus``) are out, so that sizing starts with the first report rather than after
+``parallelism`` one-batch tasks (half of a 200-batch run). A task processes its batches one after the
 other, each exactly as alone (its own transaction, failure record and progress report); an integer
-fixes the number.
+fixes the number. Measured on 2 CPUs (``benchmarks/README.md``): the 500 cheap batches 1.12-1.27x
+faster than in one thread, 200 batches of 20 ms of Python 1.79-1.88x.
 
 A failing batch is recorded in the metadata (by the worker, or by the driver) exactly as in the
 single-thread path and reported to the run callback on the driver; progress is reported on the
@@ -71,6 +74,8 @@ WRITES = ("auto", "driver", "workers")
 # Batches per task when RayExecutor(batches_per_task=None): about this many seconds of work per task.
 TASK_SECONDS = 0.1
 MAX_BATCHES_PER_TASK = 32
+# One-batch tasks in flight per task slot until the first task reports its batches' time.
+PROBE_TASKS_PER_SLOT = 2
 
 
 class _ErrorCollector(RunCallback):
@@ -137,11 +142,16 @@ def _compute_batches(token: str, ref: List[Any], idxs: List[IndexDF], run_config
 class _TaskSizer:
     """How many batches the next task takes (``RayExecutor(batches_per_task=...)``, module docstring)."""
 
-    def __init__(self, fixed: Optional[int], parallelism: int) -> None:
+    def __init__(self, fixed: Optional[int], parallelism: int, slots: Optional[int] = None) -> None:
         self.fixed = fixed
         self.limit = max(1, parallelism // 4) if fixed is None else min(fixed, parallelism)
+        self.probe_tasks = PROBE_TASKS_PER_SLOT * slots if slots else parallelism
         self.seconds = 0.0
         self.batches = 0
+
+    def holds(self, tasks_in_flight: int) -> bool:
+        """Whether the next task must wait: sizing by time, nothing reported yet, ``probe_tasks`` out."""
+        return self.fixed is None and not self.batches and tasks_in_flight >= self.probe_tasks
 
     def record(self, seconds: float, batches: int) -> None:
         """A task of ``batches`` batches took ``seconds`` (in the worker)."""
@@ -240,8 +250,9 @@ class RayExecutor(Executor):
         ref = [ray.put((ds, process_fn))]  # wrapped in a list so Ray passes the reference, not the value
         split = process_fn.split() if isinstance(process_fn, BatchProcessor) else None
         resume = split[1] if split is not None and self.driver_writes(ds, process_fn) else None
-        task = ray.remote(_run_batches if resume is None else _compute_batches).options(**self.task_options(config))
-        sizer = _TaskSizer(self.batches_per_task, parallelism)
+        task_options = self.task_options(config)
+        task = ray.remote(_run_batches if resume is None else _compute_batches).options(**task_options)
+        sizer = _TaskSizer(self.batches_per_task, parallelism, self._task_slots(task_options))
 
         changes = ChangeList()
         in_flight: Dict[Any, List[int]] = {}  # task -> rows of each of its batches
@@ -252,7 +263,8 @@ class RayExecutor(Executor):
 
         def collect(wait_for_all: bool, room: int = 1) -> None:
             nonlocal done
-            while in_flight and (wait_for_all or batches_in_flight() + room > parallelism):
+            while in_flight and (wait_for_all or batches_in_flight() + room > parallelism
+                                 or sizer.holds(len(in_flight))):
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 batch_rows = in_flight.pop(ready[0])
                 try:
@@ -292,6 +304,15 @@ class RayExecutor(Executor):
         collect(wait_for_all=True)
         logger.debug("step %s: %d batches in %d Ray tasks", getattr(step, "name", step), done, tasks)
         return changes
+
+    @staticmethod
+    def _task_slots(task_options: Dict[str, Any]) -> Optional[int]:
+        """How many tasks of these options the cluster runs at once, by CPUs (None when unbounded or unknown)."""
+        cpus = task_options["num_cpus"]
+        if not cpus:
+            return None
+        total = ray.cluster_resources().get("CPU", 0)
+        return max(1, int(total // cpus)) if total else None
 
     @staticmethod
     def _cancel(in_flight: Dict[Any, List[int]]) -> None:
