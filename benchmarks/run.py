@@ -12,6 +12,12 @@ it measures the same work with the bare driver (executemany on SQLite, COPY on P
 ratio. Every phase's output is checked (row count and a content digest against rows computed
 from the input with pandas), so a fast wrong answer fails the run.
 
+``--rounds R`` (default 3) repeats all of that R times, interleaved (every workload once, then every
+workload again, ...), each time on fresh databases; the table shows per phase the median of the R
+Datapipe figures against the median of the R floor figures, with each round's ratio in the note. On a
+shared machine whose speed drifts by tens of percent within minutes, one pair of measurements taken
+minutes apart is not a verdict.
+
 ``--ray`` adds the phases of ``ray_speedup.py`` (single-threaded vs ``RayExecutor``, in a
 subprocess of an interpreter with Ray, ``--ray-python``); ``--vs-015 [SIZES]`` the phases of
 ``vs_015.py`` (this Datapipe next to ``datapipe-core==0.15.0`` in a virtualenv of its own,
@@ -191,13 +197,54 @@ def measure_one_to_many(dbs: Databases, kind: str, n: int, chunk: int) -> Dict[s
     return {"db": kind, "n": n, "join": "one_to_many", "chunk_size": chunk, "datapipe": dp, "floor": floor}
 
 
+def combine_rounds(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One result from the rounds of one measurement (``measure*``): per figure the median over rounds
+    (peak RSS: the largest), every round's figures kept as ``rounds_datapipe`` / ``rounds_floor``. The
+    outputs' digests must agree across rounds (the inputs are deterministic)."""
+    first = rounds[0]
+    combined = {k: v for k, v in first.items() if k not in ("datapipe", "floor")}
+    for side in ("datapipe", "floor"):
+        merged: Dict[str, Any] = {}
+        for key, value in first[side].items():
+            values = [r[side][key] for r in rounds]
+            if isinstance(value, str):  # a digest
+                if len(set(values)) != 1:
+                    raise AssertionError(f"{first['db']} N={first['n']}: {key} differs between rounds: {values}")
+                merged[key] = value
+            elif isinstance(value, (int, float)):
+                merged[key] = max(values) if key == "peak_rss_mib" else _median(values)
+            else:
+                merged[key] = value
+        combined[side] = merged
+        combined[f"rounds_{side}"] = [r[side] for r in rounds]
+    return combined
+
+
+def _median(values: List[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _round_ratios(r: Dict[str, Any], phase: str) -> str:
+    """For the note: each round's Datapipe / floor ratio of ``phase`` (its seconds when the target is
+    seconds, not a ratio); empty for a single round."""
+    pairs = list(zip(r.get("rounds_datapipe", []), r.get("rounds_floor", [])))
+    if len(pairs) < 2:
+        return ""
+    if PHASE_TARGETS[phase].kind != "ratio" or not all(f.get(phase) for _, f in pairs):
+        return "rounds: " + " ".join(f"{d[phase]:.3f}" for d, _ in pairs) + " s"
+    return "rounds: " + " ".join(f"{d[phase] / f[phase]:.2f}x" for d, f in pairs)
+
+
 def rows_of(results: List[Dict[str, Any]]) -> List[Row]:
-    """The table rows of the floor-relative phases (``measure``, ``measure_cross``)."""
+    """The table rows of the floor-relative phases (``measure``, ``measure_cross``), combined rounds."""
     rows: List[Row] = []
     for r in results:
         phases = O2M_PHASES if "join" in r else CROSS_PHASES if "side" in r else PHASES
         for phase in phases:
-            rows.append(Row(r["db"], str(r["n"]), phase, r["datapipe"][phase], r["floor"].get(phase)))
+            rows.append(Row(r["db"], str(r["n"]), phase, r["datapipe"][phase], r["floor"].get(phase),
+                            _round_ratios(r, phase)))
         if "peak_rss_mib" in r["datapipe"]:
             rows.append(Row(r["db"], str(r["n"]), "peak_rss_first_run", r["datapipe"]["peak_rss_mib"]))
     for kind in sorted({r["db"] for r in results}):
@@ -327,6 +374,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="interpreter with datapipe-core==0.15.0 (default: .nox/bench-015, created when missing)")
     p.add_argument("--one-to-many", type=int, default=100_000,
                    help="items in the one-to-many join benchmark (10 annotations each); 0 skips it")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of the floor-relative phases; the table shows medians (default 3)")
     p.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG results")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -344,14 +393,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows: List[Row] = []
     started = time.time()
     load_before = os.getloadavg()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     with Databases(kinds) as dbs:
+        rounds: Dict[Tuple[str, str, int], List[Dict[str, Any]]] = {}
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                print(f"--- round {r + 1} of {args.rounds}", flush=True)
+            for kind in kinds:
+                for n in sizes:
+                    rounds.setdefault((kind, "one_input", n), []).append(measure(dbs, kind, n, args.chunk_size))
+                if args.cross:
+                    rounds.setdefault((kind, "cross", args.cross), []).append(
+                        measure_cross(dbs, kind, args.cross, args.chunk_size))
+                if args.one_to_many:
+                    rounds.setdefault((kind, "o2m", args.one_to_many), []).append(
+                        measure_one_to_many(dbs, kind, args.one_to_many, args.chunk_size))
+        results = [combine_rounds(samples) for samples in rounds.values()]
         for kind in kinds:
-            for n in sizes:
-                results.append(measure(dbs, kind, n, args.chunk_size))
-            if args.cross:
-                results.append(measure_cross(dbs, kind, args.cross, args.chunk_size))
-            if args.one_to_many:
-                results.append(measure_one_to_many(dbs, kind, args.one_to_many, args.chunk_size))
             if large:
                 scale_results.extend(scale.measure(dbs, kind, large, args.chunk_size))
         rows.extend(rows_of(results))
@@ -365,6 +424,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     payload = {"started": started, "seconds": time.time() - started, "python": sys.version.split()[0],
+               "rounds": args.rounds,
                "load_before": load_before, "load_after": os.getloadavg(),
                "targets": {name: t.text() for name, t in PHASE_TARGETS.items()}, "results": results,
                "scale": scale_results, **extra,
@@ -380,6 +440,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if scale_results:
         print()
         print(scale.table(scale_results))
+    if args.rounds > 1 and results:
+        print(f"\nfloor-relative phases: medians of {args.rounds} interleaved rounds, each round's ratio in the note")
     print(f"\nload average before/after: {' '.join(f'{x:.2f}' for x in load_before)} / "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}  ({os.cpu_count()} CPUs)")
     print(f"wrote {out / 'latest.json'}" + (f" and {out / 'latest.png'}" if (out / "latest.png").exists() else ""))

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 PHASES = ["load", "first_run", "noop_rerun", "rerun_1pct_changed", "rerun_1pct_deleted"]
@@ -82,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_is_015(args.python015)
     tmp = tempfile.mkdtemp(prefix="datapipe-vs015-")
     server: Any = None
-    rows = []
+    rows: List[Tuple[str, int, str, float, float]] = []
     try:
         for kind in args.db.split(","):
             for n in (int(x) for x in args.sizes.split(",")):
