@@ -32,6 +32,35 @@ def test_read_with_data_columns_in_idx(dbconn):
     assert store.read_rows()["id"].tolist() == [2]
 
 
+def test_a_pickled_copy_declares_its_table_without_reading_the_database(dbconn):
+    """Unpickling (a Ray worker does it once per step run) trusts the check the original made: no
+    statement runs until the copy reads or writes; it then works on the same table."""
+    import pickle
+
+    from sqlalchemy.engine import Engine
+
+    from datapipe.sql.connection import is_offline
+
+    store = TableStoreDB(dbconn, "t", [Column("id", Integer, primary_key=True), Column("a", String)], create_table=True)
+    store.insert_rows(pd.DataFrame({"id": [1, 2], "a": ["x", "y"]}))
+    blob = pickle.dumps(store)
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        clone = pickle.loads(blob)
+        assert statements == [] and not is_offline()
+        clone.insert_rows(pd.DataFrame({"id": [3], "a": ["z"]}))
+        assert statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert sorted(store.read_rows()["id"]) == [1, 2, 3]
+    assert clone.dbconn is not dbconn and clone.data_table.name == "t"
+
+
 def test_describe_masks_password(postgres_url):
     from datapipe.store.database import DBConn
 

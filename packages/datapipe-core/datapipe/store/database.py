@@ -78,7 +78,10 @@ class TableStoreDB(TableStore):
         }
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
+        # The process that pickled this store checked (or created) the table when it declared it; a copy
+        # (in a Ray worker: once per step run) only declares it, without reading the database's catalog.
+        with offline():
+            self.__init__(**state)  # type: ignore[misc]
 
     def describe(self) -> str:
         return f"TableStoreDB({self.name!r} in {mask_url(self.dbconn.connstr)})"
