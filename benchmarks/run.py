@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -212,18 +213,12 @@ def combine_rounds(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
                     raise AssertionError(f"{first['db']} N={first['n']}: {key} differs between rounds: {values}")
                 merged[key] = value
             elif isinstance(value, (int, float)):
-                merged[key] = max(values) if key == "peak_rss_mib" else _median(values)
+                merged[key] = max(values) if key == "peak_rss_mib" else statistics.median(values)
             else:
                 merged[key] = value
         combined[side] = merged
         combined[f"rounds_{side}"] = [r[side] for r in rounds]
     return combined
-
-
-def _median(values: List[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _round_ratios(r: Dict[str, Any], phase: str) -> str:
