@@ -121,7 +121,8 @@ def test_pages_hand_out_every_key_once_while_inputs_change(ds, make_catalog, dbc
 
 def test_a_full_run_takes_one_snapshot_per_page_of_keys(ds, make_catalog, monkeypatch):
     """The batches of a page record the snapshot taken as the page was handed out (one round trip per page
-    on PostgreSQL, not one per batch); a change committed between two pages is seen by the later page."""
+    on PostgreSQL, not one per batch; the first page's is the run's own, taken before its change query);
+    a change committed between two pages is seen by the later page."""
     catalog = make_catalog(inp=cols("id"), out=cols("id"))
     steps = build_compute(ds, catalog, Pipeline([BatchTransform(bang, ["inp"], ["out"], chunk_size=2)]))
     step = steps[0]
@@ -143,7 +144,7 @@ def test_a_full_run_takes_one_snapshot_per_page_of_keys(ds, make_catalog, monkey
                 inp.store_chunk(rows([1, 9], "changed"))
 
     run_steps(ds, steps, RunConfig(callback=ChangeAfterFirstBatch()))
-    assert len(taken) == 3  # one per page
+    assert len(taken) == 2  # one per page after the first
     assert_datatable_equal(out, bang(pd.concat([rows([i for i in range(10) if i != 9]), rows([9], "changed")])))
     assert sorted(step.meta.get_changed_idx(None)[0]["id"]) == [1]  # 9 was read after its change: not pending
     run_steps(ds, steps)
@@ -193,14 +194,15 @@ def test_full_process_ids_stream_pages_and_release_the_connection(ds, make_catal
     assert pool.checkedout() == 0
 
 
-@pytest.mark.parametrize("page_rows", [1, 3, 10, 1000])
-def test_materialised_rows_pages(ds, make_catalog, dbconn, page_rows):
+@pytest.mark.parametrize("small_expected", [False, True])
+@pytest.mark.parametrize("page_rows", [1, 3, 8, 9, 10, 1000])
+def test_materialised_rows_pages(ds, make_catalog, dbconn, page_rows, small_expected):
     catalog = make_catalog(t=cols("id"))
     ds_table = catalog.get_datatable(ds, "t")
     ds_table.store_chunk(rows(range(10)))
     meta = ds_table.meta.sql_table
     query = select(meta.c.id).where(meta.c.id != 4).order_by(meta.c.id.desc())
-    with MaterialisedRows(dbconn, query, ["id"], [Integer()], page_rows) as held:
+    with MaterialisedRows(dbconn, query, ["id"], [Integer()], page_rows, small_expected=small_expected) as held:
         assert held.count == 9
         pages = [p["id"].tolist() for p in held.pages()]
     assert sum(pages, []) == [9, 8, 7, 6, 5, 3, 2, 1, 0]
@@ -209,7 +211,8 @@ def test_materialised_rows_pages(ds, make_catalog, dbconn, page_rows):
     assert held.largest_page == min(9, page_rows)
     assert dbconn.con.pool.checkedout() == 0
 
-    empty = MaterialisedRows(dbconn, query.where(meta.c.id > 100), ["id"], [Integer()], page_rows).open()
+    empty = MaterialisedRows(dbconn, query.where(meta.c.id > 100), ["id"], [Integer()], page_rows,
+                             small_expected=small_expected).open()
     assert empty.count == 0 and list(empty.pages()) == []
     assert list(MaterialisedRows(dbconn, None, ["id"], [Integer()]).open().pages()) == []
     with pytest.raises(ValueError, match="page_rows"):
@@ -247,8 +250,11 @@ def test_full_run_batches_report_counts_not_keys(ds, make_catalog):
 
 
 def test_a_full_run_evaluates_its_change_query_once(ds, make_catalog, dbconn):
-    """One ``DECLARE`` (PostgreSQL) or ``CREATE TEMP TABLE`` (SQLite) per full run, also over several pages,
-    and nothing held afterwards; opening held keys a second time does not evaluate the query again."""
+    """A full run evaluates its change query once, into a ``DECLARE``d cursor (PostgreSQL) or a temporary
+    table (SQLite), also over several pages, and holds nothing afterwards; opening held keys a second
+    time does not evaluate the query again. A SQLite rerun (the step has watermarks) expects few keys:
+    it fetches them plainly when they fit one page, and only when they do not, evaluates the query a
+    second time into a table."""
     from sqlalchemy import event
 
     catalog = make_catalog(inp=cols("id"), out=cols("id"))
@@ -258,23 +264,31 @@ def test_a_full_run_evaluates_its_change_query_once(ds, make_catalog, dbconn):
     evaluations = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith(("DECLARE", "CREATE TEMP TABLE")):
-            evaluations.append(statement)
+        if " AS allc" in statement:  # the change query's outer alias (see meta.changes)
+            evaluations.append(statement.split(None, 1)[0])
+        elif statement.startswith("CREATE TEMP TABLE"):
+            evaluations.append("CREATE")
 
+    held = ["DECLARE"] if not dbconn.is_sqlite else ["CREATE", "INSERT"]
     event.listen(dbconn.con, "after_cursor_execute", count)
     try:
-        run_steps(ds, steps)
-        assert len(evaluations) == 1
+        run_steps(ds, steps)  # the first run: no watermarks
+        assert evaluations == held
         assert len(ds.get_table("out").get_data()) == 30
         assert dbconn.con.pool.checkedout() == 0
 
         ds.get_table("inp").store_chunk(rows(range(10), prefix="w"))
-        evaluations.clear()
-        keys, _snapshot = steps[0].meta.open_changed_keys(page_rows=4)
-        with keys:  # entering what is already open
-            assert keys.count == 10
-            assert sum((p["id"].tolist() for p in keys.pages()), []) == list(range(10))
-        assert len(evaluations) == 1
-        assert dbconn.con.pool.checkedout() == 0
+        for page_rows, expected in [(4, held if not dbconn.is_sqlite else ["SELECT", *held]),
+                                    (10, held if not dbconn.is_sqlite else ["SELECT"])]:
+            evaluations.clear()
+            keys, _snapshot = steps[0].meta.open_changed_keys(page_rows=page_rows)
+            with keys:  # entering what is already open
+                assert keys.count == 10
+                pages = [p["id"].tolist() for p in keys.pages()]
+            assert sum(pages, []) == list(range(10))
+            assert max(map(len, pages)) <= page_rows
+            assert evaluations == expected
+            assert dbconn.con.pool.checkedout() == 0
+            assert open_transactions(dbconn) == []
     finally:
         event.remove(dbconn.con, "after_cursor_execute", count)

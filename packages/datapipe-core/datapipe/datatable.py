@@ -129,7 +129,7 @@ class DataTable:
             raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
         missing = [k for k in self.primary_keys if k not in df.columns]
         if missing and len(df) == 0:
-            return pd.DataFrame(columns=self.primary_keys)
+            return keyset.empty(self.primary_keys)
         if missing:
             raise ValueError(f"{where}: missing primary key column(s) {missing} (got columns {list(df.columns)})")
         if len(df) == 0:
@@ -181,7 +181,7 @@ class DataTable:
         if full_keys and processed_idx is not None:  # mostly the same keys: look each up once
             idx = keyset.unique(pd.concat([idx, keyset.select(processed_idx, keys)], ignore_index=True))
         if len(idx) == 0:
-            return pd.DataFrame(columns=[*keys, "hash", "create_ts", "delete_ts"])
+            return keyset.empty([*keys, "hash", "create_ts", "delete_ts"])
         return self.meta.lookup(IndexDF(idx))
 
     # ---------------------------------------------------------------- writes
@@ -299,7 +299,7 @@ class DataTable:
         return IndexDF(keyset.select(df, self.primary_keys).reset_index(drop=True))
 
     def _no_rows(self) -> pd.DataFrame:
-        return pd.DataFrame(columns=[*self.primary_keys, "hash", "create_ts", "delete_ts"])
+        return keyset.empty([*self.primary_keys, "hash", "create_ts", "delete_ts"])
 
     def _vanished(self, data_df: pd.DataFrame, scope: IndexDF, existing: Optional[pd.DataFrame]) -> IndexDF:
         """Keys in ``scope`` stored before (live, or an unconfirmed write) that ``data_df`` no longer has."""
@@ -314,7 +314,7 @@ class DataTable:
             gone = np.ones(len(live), dtype=bool)
         gone &= ~keyset.isin(live, data_df, keys)
         if not gone.any():
-            return IndexDF(pd.DataFrame(columns=keys))
+            return IndexDF(keyset.empty(keys))
         return IndexDF(keyset.select(live[gone], keys).reset_index(drop=True))
 
     def store_chunk(
@@ -379,7 +379,7 @@ class DataTable:
             )
             deleted.append(chunk)
         if not deleted:
-            return IndexDF(pd.DataFrame(columns=self.primary_keys))
+            return IndexDF(keyset.empty(self.primary_keys))
         return IndexDF(pd.concat(deleted, ignore_index=True))
 
     def _delete_stale(self, idx: IndexDF, now: float, delete_store: bool) -> None:

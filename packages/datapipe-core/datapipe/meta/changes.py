@@ -258,13 +258,17 @@ class ChangeQuery:
             return int(con.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one())
 
     def materialise(
-        self, query: Optional[Select[Any]], page_rows: Optional[int] = None, params: Optional[Dict[str, Any]] = None
+        self,
+        query: Optional[Select[Any]],
+        page_rows: Optional[int] = None,
+        params: Optional[Dict[str, Any]] = None,
+        small_expected: bool = False,
     ) -> MaterialisedRows:
         """The keys ``query`` (with parameter values ``params``) returns, evaluated once and held by the
-        database, to be read back in pages of ``page_rows`` (``datapipe.sql.pages``); open it with
-        ``with`` or ``open()``."""
+        database, to be read back in pages of ``page_rows`` (``datapipe.sql.pages``, also for
+        ``small_expected``); open it with ``with`` or ``open()``."""
         types = [self.tr.sql_table.c[k].type for k in self.keys]
-        return MaterialisedRows(self.tr.dbconn, query, self.keys, types, page_rows, params)
+        return MaterialisedRows(self.tr.dbconn, query, self.keys, types, page_rows, params, small_expected)
 
     def fetch(self, query: Optional[Select[Any]], params: Optional[Dict[str, Any]] = None) -> pd.DataFrame:
         if query is None:

@@ -156,21 +156,22 @@ class StepMeta(TransformMeta):
 
     def _changed_query(
         self, run_config: Optional[RunConfig]
-    ) -> Tuple[Optional[Select[Any]], Dict[str, Any], Snapshot]:
-        """The change query of a full run, its parameter values, and the snapshot taken before it is
-        evaluated."""
+    ) -> Tuple[Optional[Select[Any]], Dict[str, Any], Snapshot, bool]:
+        """The change query of a full run, its parameter values, the snapshot taken before it is
+        evaluated, and whether the step has watermarks (has run before: its changes are likely few)."""
         self.require_upgraded()
         metadata = [self.sql_table, *[inp.meta.sql_table for inp in self.changes.inputs]]
         refresh_stale_statistics(self.dbconn, [*metadata, *self.joined_data])
         snapshot = take_snapshot(self.dbconn)  # before the query: what it may miss stays unseen
+        marks = self.get_watermarks()
         query, params = self.changes.window_query(
-            self.get_watermarks(), self.run_filters(run_config), order_by=self.order_by, descending=self.descending
+            marks, self.run_filters(run_config), order_by=self.order_by, descending=self.descending
         )
-        return query, params, snapshot
+        return query, params, snapshot, bool(marks)
 
     def get_changed_idx(self, run_config: Optional[RunConfig] = None) -> Tuple[pd.DataFrame, Snapshot]:
         """Keys needing processing, and the snapshot to store as every input's watermark once they are."""
-        query, params, snapshot = self._changed_query(run_config)
+        query, params, snapshot, _ = self._changed_query(run_config)
         return self.changes.fetch(query, params), snapshot
 
     def open_changed_keys(
@@ -178,8 +179,8 @@ class StepMeta(TransformMeta):
     ) -> Tuple[MaterialisedRows, Snapshot]:
         """Like ``get_changed_idx``, but the keys stay in the database, to be read in pages of
         ``page_rows``: the caller must ``close()`` the result (or use it in a ``with`` block)."""
-        query, params, snapshot = self._changed_query(run_config)
-        return self.changes.materialise(query, page_rows, params).open(), snapshot
+        query, params, snapshot, rerun = self._changed_query(run_config)
+        return self.changes.materialise(query, page_rows, params, small_expected=rerun).open(), snapshot
 
     def get_changed_idx_count(self, ds: Any = None, run_config: Optional[RunConfig] = None) -> int:
         """How many keys are pending, counted in the database without fetching them (the 0.15 API

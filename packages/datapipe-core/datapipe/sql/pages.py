@@ -28,6 +28,11 @@ SQLite
     cursor would instead keep a read transaction on the main database for the whole run,
     and while any reader holds a WAL snapshot the checkpointer cannot get past it: the WAL
     file would grow with every batch written during the run (checkpoint starvation).
+    When the caller expects a small result (``small_expected``: a step's rerun, which has
+    watermarks), the query is first run plainly and at most ``page_rows + 1`` rows fetched: if
+    that is all of them, they are the result and no table is made (the temporary table's four
+    extra statements are half of a no-op rerun); if not, the cursor is closed and the query
+    evaluated again into the table, so a large rerun pays for part of its query twice.
 
 The query is run through SQLAlchemy as usual (so its compiled form is cached, which matters for
 a change query: compiling one takes milliseconds), with the ``DECLARE``/``INSERT`` prefix added by
@@ -71,11 +76,14 @@ def _install_hook(engine: Engine) -> None:
         event.listen(engine, "before_cursor_execute", _prefix_statement, retval=True)
 
 
-def _driver_rows(result: Any) -> List[Any]:
-    """Every row of a driver-level result as the driver returns it (no SQLAlchemy ``Row`` objects)."""
+def _driver_rows(result: Any, limit: Optional[int] = None) -> List[Any]:
+    """Every row (at most ``limit``) of a driver-level result as the driver returns it (no SQLAlchemy
+    ``Row`` objects); the result is closed."""
     cursor = result.cursor
     try:
-        return list(cursor.fetchall()) if cursor is not None else []
+        if cursor is None:
+            return []
+        return list(cursor.fetchall() if limit is None else cursor.fetchmany(limit))
     finally:
         result.close()
 
@@ -101,6 +109,7 @@ class MaterialisedRows:
         types: Sequence[Any],
         page_rows: Optional[int] = None,
         params: Optional[Dict[str, Any]] = None,
+        small_expected: bool = False,
     ) -> None:
         page_rows = settings.key_page_rows if page_rows is None else page_rows
         if page_rows < 1:
@@ -111,6 +120,7 @@ class MaterialisedRows:
         self.columns = list(columns)
         self.types = list(types)
         self.page_rows = page_rows
+        self.small_expected = small_expected
         self.count = 0
         self.pages_read = 0
         self.largest_page = 0
@@ -131,17 +141,17 @@ class MaterialisedRows:
         self.close()
 
     def open(self) -> MaterialisedRows:
-        """Evaluate the query once and keep its result in the database; sets ``count``. Opening an
-        open (or already read) result does nothing."""
+        """Evaluate the query and keep its result in the database (a result of one page may be kept
+        in memory instead); sets ``count``. Opening an open (or already read) result does nothing."""
         if self.query is None or self._opened:
             return self
         self._opened = True
         engine = self.dbconn.con
         dialect = engine.dialect.name
         if dialect not in ("postgresql", "sqlite"):
-            with self.dbconn.read() as con:
-                self._memory = rows_to_df(_driver_rows(con.execute(self.query, self.params)), self.columns)
-            self._kind, self.count = "memory", len(self._memory)
+            self._fetch_all(None)
+            return self
+        if dialect == "sqlite" and self.small_expected and self._fetch_all(self.page_rows + 1):
             return self
         con = engine.connect()
         self._con = con
@@ -154,6 +164,17 @@ class MaterialisedRows:
             self.close()
             raise
         return self
+
+    def _fetch_all(self, limit: Optional[int]) -> bool:
+        """Fetch the result into memory, unless it has ``limit`` rows or more: whether it did."""
+        assert self.query is not None
+        with self.dbconn.read() as con:
+            rows = _driver_rows(con.execute(self.query, self.params), limit)
+        if limit is not None and len(rows) >= limit:
+            return False
+        self._memory = rows_to_df(rows, self.columns)
+        self._kind, self.count = "memory", len(self._memory)
+        return True
 
     def _run_prefixed(self, con: Connection, prefix: str) -> None:
         """Execute the query with ``prefix`` put in front of its SQL text by the driver-level hook

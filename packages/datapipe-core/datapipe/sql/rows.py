@@ -101,7 +101,7 @@ def _transposed(rows: Sequence[Any], n: int) -> List[Sequence[Any]]:
 
 def rows_to_df(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+        return keyset.empty(columns)
     # column-wise, numeric columns as numpy arrays (``_column``): about twice as fast as letting pandas
     # split the driver's tuples (``pd.DataFrame(rows)``) and far cheaper than from_records over Row objects
     return pd.DataFrame(dict(zip(columns, map(_column, _transposed(rows, len(columns))))))

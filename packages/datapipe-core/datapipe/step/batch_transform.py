@@ -334,23 +334,25 @@ class BaseBatchTransformStep(ComputeStep):
         return size * max(1, rows // size)
 
     def _paged_batches(
-        self, keys: MaterialisedRows, chunk_size: Optional[int] = None, page_snapshots: bool = False
+        self, keys: MaterialisedRows, chunk_size: Optional[int] = None, run_snapshot: Optional[Snapshot] = None
     ) -> Tuple[int, Iterator[IndexDF]]:
         """Batches of ``chunk_size`` keys cut from the pages of ``keys``; the iterator closes ``keys``
         when exhausted or closed.
 
-        ``page_snapshots``: before handing out a page's first batch, take the snapshot that its batches
-        record (``page_snapshot``, see ``read_and_compute``). It is taken before any of them reads, which
-        is all the snapshot must be: an older one only makes the next run redo a key changed since.
-        One per page instead of one per batch saves a round trip a batch on PostgreSQL (10 % of a
-        first run of 1 M rows), and a page's batches are read within moments of each other.
+        ``run_snapshot`` (a full run's, taken before its change query): the snapshot the first page's
+        batches record (``page_snapshot``, see ``read_and_compute``); before handing out each later
+        page, a new one is taken. Each precedes every read of its batches, which is all the snapshot
+        must be: an older one only makes the next run redo a key changed since. One per page instead
+        of one per batch saves a round trip a batch on PostgreSQL (10 % of a first run of 1 M rows),
+        and a page's batches are read within moments of each other; a run of one page (every small
+        rerun) takes no snapshot beyond the run's own.
         """
         size = chunk_size or self.chunk_size
 
         def batches() -> Iterator[IndexDF]:
-            for page in keys.pages():
-                if page_snapshots:
-                    self.page_snapshot = take_snapshot(self.meta.dbconn)
+            for n, page in enumerate(keys.pages()):
+                if run_snapshot is not None:
+                    self.page_snapshot = take_snapshot(self.meta.dbconn) if n else run_snapshot
                 for i in range(0, len(page), size):
                     yield IndexDF(page.iloc[i : i + size].reset_index(drop=True))
 
@@ -413,7 +415,7 @@ class BaseBatchTransformStep(ComputeStep):
     def _run_full(self, ds: DataStore, run_config: RunConfig, executor: Optional[Executor], run: StepRun) -> None:
         keys, snapshot = self.meta.open_changed_keys(run_config, self.page_rows())
         with keys:
-            count, batches = self._paged_batches(keys, page_snapshots=True)
+            count, batches = self._paged_batches(keys, run_snapshot=snapshot)
             logger.info("step %s: %d keys to process in %d batches", self.name, keys.count, count)
             # the step's first run: its keys are new to its metadata (a belief only, see ``sql.bulk``);
             # not worth a round trip for a single batch
@@ -702,7 +704,7 @@ class BatchTransformStep(BaseBatchTransformStep):
         # run filters also restrict input rows by columns that are not transform keys (as in 0.15)
         inputs = [filter_rows(self.read_input(n, live), run_config.filters) for n in range(len(self.input_dts))]
         if all(len(df) == 0 for df in inputs) and "idx" not in self.injected:
-            return [pd.DataFrame(columns=co.primary_keys) for co in self.output_dts]
+            return [keyset.empty(co.primary_keys) for co in self.output_dts]
         available = {"idx": idx, "ds": ds, "run_config": run_config}
         extra = {p: available[p] for p in self.injected}
         return self.normalise_result(self.func(*inputs, **extra, **self.kwargs))
