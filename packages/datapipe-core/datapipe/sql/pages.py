@@ -30,9 +30,10 @@ SQLite
     file would grow with every batch written during the run (checkpoint starvation).
     When the caller expects a small result (``small_expected``: a step's rerun, which has
     watermarks), the query is first run plainly and at most ``page_rows + 1`` rows fetched: if
-    that is all of them, they are the result and no table is made (the temporary table's four
-    extra statements are half of a no-op rerun); if not, the cursor is closed and the query
-    evaluated again into the table, so a large rerun pays for part of its query twice.
+    that is all of them, they are the result and no table is made (the table's four more
+    statements cost a rerun about 0.5 ms: 1.2 ms to find 500 keys against 0.6); if not, the
+    cursor is closed and the query evaluated again into the table, so a large rerun pays for
+    part of its query twice.
 
 The query is run through SQLAlchemy as usual (so its compiled form is cached, which matters for
 a change query: compiling one takes milliseconds), with the ``DECLARE``/``INSERT`` prefix added by
