@@ -3,8 +3,9 @@
 A full run of a step has to hand out every pending key exactly once, in a fixed order, and
 know how many there are before the first batch (progress, ``Executor`` contract). Holding the
 keys in one client-side frame costs about 300 bytes a key (10 M keys: several GiB), so
-``MaterialisedRows`` evaluates the query **once**, lets the database keep the result, and
-reads it back ``page_rows`` at a time over one dedicated connection:
+``MaterialisedRows`` evaluates the query **once** into a result the database keeps (a SQLite
+rerun may try a plain fetch first, below), and reads it back ``page_rows`` at a time over one
+dedicated connection:
 
 PostgreSQL
     ``DECLARE … SCROLL CURSOR WITH HOLD FOR <query>`` on an autocommit connection. A holdable
