@@ -265,8 +265,9 @@ class ChangeQuery:
         small_expected: bool = False,
     ) -> MaterialisedRows:
         """The keys ``query`` (with parameter values ``params``) returns, evaluated once and held by the
-        database, to be read back in pages of ``page_rows`` (``datapipe.sql.pages``, also for
-        ``small_expected``); open it with ``with`` or ``open()``."""
+        database, to be read back in pages of ``page_rows`` (``datapipe.sql.pages``; with
+        ``small_expected``, a result of one page may be held in memory instead); open it with ``with``
+        or ``open()``."""
         types = [self.tr.sql_table.c[k].type for k in self.keys]
         return MaterialisedRows(self.tr.dbconn, query, self.keys, types, page_rows, params, small_expected)
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Column, String
 
+from datapipe import keyset
 from datapipe.run_config import RunConfig
 from datapipe.store.table_store import StoreError, TableStore, TableStoreCaps
 from datapipe.types import DataDF, DataSchema, IndexDF
@@ -233,7 +234,7 @@ class _Pattern:
         """Key values (strings) of ``paths`` plus a ``__path`` column; paths that do not match are left out."""
         keys = list(dict.fromkeys(self.keys))
         if not paths:
-            return pd.DataFrame({c: pd.Series(dtype=object) for c in keys + ["__path"]})
+            return keyset.empty([*keys, "__path"])
         series = pd.Series(paths, dtype=object)
         found = series.str.extract(self.regex.pattern)
         found["__path"] = series
@@ -391,7 +392,7 @@ class TableStoreFiledir(TableStore):
             cols += self.adapter.data_columns()
         if self.add_filepath_column:
             cols.append("filepath")
-        return self._cast_keys(pd.DataFrame({c: pd.Series(dtype=object) for c in cols}))
+        return self._cast_keys(keyset.empty(list(dict.fromkeys(cols))))
 
     def _load(self, listing: pd.DataFrame) -> DataDF:
         """Rows for the files of ``listing`` (key columns + ``__path``); missing files are left out."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, List, Optional,
 import pandas as pd
 from sqlalchemy import Column, String
 
+from datapipe import keyset
 from datapipe.errors import StoreError
 from datapipe.run_config import RunConfig
 from datapipe.types import DataDF, DataSchema, IndexDF, MetaSchema, data_to_index, index_to_data
@@ -240,7 +241,7 @@ class TableDataSingleFileStore(TableStore):
 
     def empty_frame(self) -> pd.DataFrame:
         """No rows, with the declared columns."""
-        return pd.DataFrame(columns=[str(c.name) for c in self.declared_schema])
+        return keyset.empty([str(c.name) for c in self.declared_schema])
 
     def insert_rows(self, df: DataDF) -> None:
         if len(df) == 0:
